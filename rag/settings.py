@@ -1,0 +1,103 @@
+"""One typed settings object for the whole package.
+
+Every field can be set by keyword, by an environment variable with the
+``RAG_`` prefix (``RAG_N_CTX=8192``) or from a TOML/JSON/YAML config file
+named by ``RAG_CONFIG``. The CLI passes its flags through the same object.
+
+Example::
+
+    from rag.settings import Settings
+    settings = Settings(collection="notes", n_ctx=8192)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["llamacpp", "gpt4all", "llamafile"]
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("rag", appauthor=False))
+
+
+def _default_cache_dir() -> Path:
+    return Path(platformdirs.user_cache_dir("rag", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Settings for ingestion, models and answering."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore", validate_assignment=True)
+
+    # Where things live
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Root of stores and user models.")
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Derived model files (converted embedder, compatibility copies).",
+    )
+    store_dir: Path | None = Field(None, description="Chroma store directory; default DATA_DIR/store.")
+    models_dir: Path | None = Field(None, description="Folder searched for GGUF files by name; default DATA_DIR/models.")
+    collection: str = Field("default", description="Chroma collection name.")
+
+    # LLM
+    backend: Backend = Field("llamacpp", description="LLM backend: llamacpp, gpt4all or llamafile.")
+    llm_model: str | None = Field(None, description="GGUF path or file name in MODELS_DIR; default SmolLM2-135M.")
+    n_ctx: int = Field(4096, ge=256, description="Context window in tokens (LangChain's 512 is too small for RAG).")
+    n_batch: int = Field(512, ge=1, description="Prompt tokens processed per batch.")
+    n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
+    n_gpu_layers: int = Field(0, description="Layers offloaded to the GPU (-1 = all); needs a GPU build.")
+    f16_kv: bool = Field(True, description="Half-precision KV cache.")
+    temperature: float = Field(0.1, ge=0.0, description="Sampling temperature.")
+    max_tokens: int = Field(256, ge=1, description="Answer budget in tokens.")
+    seed: int = Field(0, description="Sampling seed, for repeatable answers.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop sequences (the prompt family adds its own).")
+    llamafile_url: str = Field("http://127.0.0.1:8080", description="Base URL of a llamafile / llama.cpp server.")
+    request_timeout: float = Field(120.0, gt=0, description="Seconds to wait on the llama.cpp server.")
+    allow_download: bool = Field(False, description="Let gpt4all download models it does not find (off: offline).")
+
+    # Embeddings
+    embed_model: str | None = Field(None, description="Embedding GGUF path or gpt4all model name; default all-MiniLM-L6-v2.")
+
+    # Ingestion and retrieval
+    chunk_size: int = Field(500, ge=1, description="Characters per chunk.")
+    chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
+    k: int = Field(4, ge=1, description="Chunks retrieved per question.")
+    prompt: str | None = Field(None, description="Prompt name or family; default: detected from the model.")
+    allow_private_network: bool = Field(False, description="Allow URLs on loopback and private networks.")
+
+    def __init__(self, **values: Any) -> None:
+        config = os.environ.get("RAG_CONFIG")
+        if config:
+            values = {**_read_config_file(Path(config)), **values}
+        super().__init__(**values)
+
+    @property
+    def store_path(self) -> Path:
+        return self.store_dir or self.data_dir / "store"
+
+    @property
+    def models_path(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields changed; ``None`` values are ignored."""
+        changes = {key: value for key, value in changes.items() if value is not None}
+        return type(self)(**{**self.model_dump(), **changes})
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    import yaml  # also reads JSON
+
+    return yaml.safe_load(text) or {}

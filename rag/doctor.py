@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from rag.native import quiet_native_stderr
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def check_default_llm(settings: Settings) -> Check:
     meta = read_gguf_metadata(path)
     from llama_cpp import Llama
 
-    Llama(str(path), vocab_only=True, verbose=False)  # loadable by llama.cpp
+    with quiet_native_stderr():
+        Llama(str(path), vocab_only=True, verbose=False)  # loadable by llama.cpp
     family = detect_family(meta.chat_template, path.name)
     return Check("llm model", True, f"{path} ({path.stat().st_size / 1e6:.0f} MB, {meta.architecture}, prompt family {family})")
 
@@ -70,8 +72,6 @@ def check_llama_cpp_build(settings: Settings) -> Check:
 
 
 def check_gpt4all(settings: Settings) -> Check:
-    from rag.embed import quiet_native_stderr
-
     with quiet_native_stderr():
         import gpt4all  # noqa: F401
     return Check("gpt4all", True, f"gpt4all {importlib.metadata.version('gpt4all')} importable")

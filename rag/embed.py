@@ -12,7 +12,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 from langchain_core.embeddings import Embeddings
 
 from rag.models import ModelNotFound, check_gguf_magic
+from rag.native import quiet_native_stderr
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -63,20 +63,3 @@ def load_embeddings(settings: Settings) -> Embeddings:
             n_threads=settings.n_threads or os.cpu_count(),
             gpt4all_kwargs={"model_path": str(folder), "allow_download": allow_download},
         )
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence C-level stderr (gpt4all's harmless CUDA ``dlopen`` warning) inside the block."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no real stderr (e.g. some notebook kernels)
-        yield
-        return
-    with open(os.devnull, "wb") as devnull:
-        os.dup2(devnull.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)

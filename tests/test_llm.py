@@ -1,0 +1,183 @@
+"""LLM backends: stop handling, server protocol, errors (fast) and the three real backends (integration)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rag.llm import (
+    LlamafileLLM,
+    LLMBackendError,
+    StopSequenceFilter,
+    gpt4all_compatible_copy,
+    load_llm,
+)
+from rag.models import InvalidModelFile, ModelNotFound, default_llm_path, read_gguf_metadata
+
+CHATML_QUESTION = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nWhat is the capital of France? Answer in one short sentence.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+
+
+def run_filter(stops: list[str], pieces: list[str]) -> str:
+    stop_filter = StopSequenceFilter(stops)
+    out = [text for piece in pieces for text in stop_filter.feed(piece)]
+    return "".join(out + stop_filter.flush())
+
+
+def test_stop_filter_cuts_at_stop_split_across_tokens():
+    assert run_filter(["<|im_end|>"], ["Paris is", " the capital.<|im", "_end|>", " junk"]) == "Paris is the capital."
+
+
+def test_stop_filter_releases_held_prefix_that_was_not_a_stop():
+    assert run_filter(["<|im_end|>"], ["a <|i", "dea"]) == "a <|idea"
+
+
+def test_stop_filter_without_stops_passes_everything():
+    assert run_filter([], ["a", "b"]) == "ab"
+
+
+# --- a fake llama.cpp server for protocol errors ------------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    mode = "error-event"
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.mode == "http-500":
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b'{"error": "model crashed"}')
+            return
+        if self.mode == "hang":
+            time.sleep(5)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'data: {"content": "Partial", "stop": false}\n\n')
+        self.wfile.write(b'data: {"error": {"code": 500, "message": "context overflow"}}\n\n')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_server():
+    def start(mode: str) -> str:
+        handler = type("Handler", (_Handler,), {"mode": mode})
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    servers: list = []
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+def test_llamafile_error_event_mid_stream_raises_not_answers(fake_server):
+    llm = LlamafileLLM(base_url=fake_server("error-event"), request_timeout=5)
+    with pytest.raises(LLMBackendError, match="context overflow"):
+        "".join(llm.stream("hi"))
+
+
+def test_llamafile_http_error_raises(fake_server):
+    llm = LlamafileLLM(base_url=fake_server("http-500"), request_timeout=5)
+    with pytest.raises(LLMBackendError, match="HTTP 500"):
+        llm.invoke("hi")
+
+
+def test_llamafile_hung_server_times_out_with_message(fake_server):
+    url = fake_server("hang")
+    llm = LlamafileLLM(base_url=url, request_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(LLMBackendError, match="did not answer within 1 s"):
+        llm.invoke("hi")
+    assert time.monotonic() - started < 4
+
+
+def test_llamafile_dead_server_names_url(settings):
+    url = "http://127.0.0.1:9"  # discard port: nothing listens
+    with pytest.raises(LLMBackendError, match="127.0.0.1:9"):
+        load_llm(settings.with_overrides(backend="llamafile", llamafile_url=url, request_timeout=2))
+
+
+def test_missing_model_names_path_and_fix(settings, tmp_path):
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(ModelNotFound) as caught:
+        load_llm(settings.with_overrides(llm_model=str(missing)))
+    assert str(missing) in str(caught.value) and "--model" in str(caught.value)
+
+
+def test_non_gguf_file_is_rejected_before_loading(settings, tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_text("not a model")
+    with pytest.raises(InvalidModelFile, match="not a GGUF"):
+        load_llm(settings.with_overrides(llm_model=str(bogus)))
+
+
+def test_truncated_gguf_is_rejected(settings, tmp_path):
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(default_llm_path().read_bytes()[:1_000_000])
+    with pytest.raises(InvalidModelFile):
+        load_llm(settings.with_overrides(llm_model=str(truncated)))
+
+
+def test_gpt4all_copy_only_when_pre_tokenizer_unknown(tmp_path):
+    path = tmp_path / "model.gguf"
+    assert gpt4all_compatible_copy(path, "llama-bpe", tmp_path) == path
+    assert gpt4all_compatible_copy(path, None, tmp_path) == path
+
+
+# --- the real backends (integration) -------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_gpt4all_compatible_copy_changes_only_the_pre_tokenizer(settings):
+    source = default_llm_path()
+    copy = gpt4all_compatible_copy(source, "smollm", settings.cache_dir)
+    assert copy != source and copy.is_file()
+    original, patched = read_gguf_metadata(source), read_gguf_metadata(copy)
+    assert (original.pre_tokenizer, patched.pre_tokenizer) == ("smollm", "starcoder")
+    assert patched.chat_template == original.chat_template
+    assert gpt4all_compatible_copy(source, "smollm", settings.cache_dir) == copy  # cached
+
+
+def _check_streamed_answer(local, max_tokens: int) -> str:
+    chunks = list(local.llm.stream(CHATML_QUESTION))
+    text = "".join(chunks)
+    assert len(chunks) > 1, "the backend must stream token by token"
+    assert "paris" in text.lower()
+    assert "<|im_end|>" not in text and "<|im_start|>" not in text
+    assert local.count_tokens(text) < max_tokens, "stopped at the end of turn, not at max_tokens"
+    return text
+
+
+@pytest.mark.integration
+def test_llamacpp_backend_streams_an_answer(local_llm):
+    assert (local_llm.backend, local_llm.family) == ("llamacpp", "chatml")
+    assert local_llm.n_ctx >= 2048
+    _check_streamed_answer(local_llm, 96)
+
+
+@pytest.mark.integration
+def test_gpt4all_backend_streams_an_answer(settings):
+    local = load_llm(settings.with_overrides(backend="gpt4all"))
+    assert local.family == "chatml"
+    _check_streamed_answer(local, settings.max_tokens)
+
+
+@pytest.mark.integration
+def test_llamafile_backend_streams_an_answer(settings, llama_server):
+    local = load_llm(settings.with_overrides(backend="llamafile", llamafile_url=llama_server))
+    assert local.family == "chatml"
+    assert local.model_name == Path(default_llm_path()).name
+    _check_streamed_answer(local, settings.max_tokens)

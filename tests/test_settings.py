@@ -1,0 +1,41 @@
+"""Settings: defaults, environment, config file, overrides."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from rag.settings import Settings
+
+
+def test_defaults_are_offline_and_rag_sized(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    assert settings.allow_download is False
+    assert settings.n_ctx >= 2048  # LangChain's 512 is too small for RAG prompts
+    assert (settings.chunk_size, settings.chunk_overlap) == (500, 0)
+    assert settings.store_path == tmp_path / "store"
+    assert settings.models_path == tmp_path / "models"
+    assert settings.request_timeout > 0
+
+
+def test_environment_variables_use_the_rag_prefix(monkeypatch):
+    monkeypatch.setenv("RAG_N_CTX", "8192")
+    monkeypatch.setenv("RAG_BACKEND", "gpt4all")
+    settings = Settings()
+    assert (settings.n_ctx, settings.backend) == (8192, "gpt4all")
+
+
+def test_config_file_is_read_and_keywords_win(monkeypatch, tmp_path):
+    config = tmp_path / "rag.toml"
+    config.write_text('collection = "notes"\nk = 6\n')
+    monkeypatch.setenv("RAG_CONFIG", str(config))
+    settings = Settings(k=2)
+    assert (settings.collection, settings.k) == ("notes", 2)
+
+
+def test_with_overrides_ignores_none_and_validates(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    changed = settings.with_overrides(collection="x", k=None)
+    assert (changed.collection, changed.k, changed.data_dir) == ("x", settings.k, tmp_path)
+    with pytest.raises(ValidationError):
+        settings.with_overrides(backend="openai")

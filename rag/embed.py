@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
@@ -53,13 +54,31 @@ def embedding_model_file(settings: Settings) -> tuple[str, Path, bool]:
 
 
 def load_embeddings(settings: Settings) -> Embeddings:
-    """GPT4All embeddings for the configured model."""
+    """GPT4All embeddings for the configured model, over NFC-normalized text."""
     from langchain_community.embeddings import GPT4AllEmbeddings
 
     name, folder, allow_download = embedding_model_file(settings)
     with quiet_native_stderr():
-        return GPT4AllEmbeddings(
+        model = GPT4AllEmbeddings(
             model_name=name,
             n_threads=settings.n_threads or os.cpu_count(),
             gpt4all_kwargs={"model_path": str(folder), "allow_download": allow_download},
         )
+    return NFCEmbeddings(model)
+
+
+class NFCEmbeddings(Embeddings):
+    """Normalize text to NFC before embedding.
+
+    gpt4all's WordPiece tokenizer maps decomposed accents ("e" + U+0301, common in
+    macOS file names and PDFs) to [UNK]; the composed form embeds correctly.
+    """
+
+    def __init__(self, inner: Embeddings):
+        self.inner = inner
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.inner.embed_documents([unicodedata.normalize("NFC", text) for text in texts])
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(unicodedata.normalize("NFC", text))

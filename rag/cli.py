@@ -190,5 +190,59 @@ def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: in
         click.echo(f"  [{source.number}] {source.title} ({source.source}) score {source.score:.3f}")
 
 
+@cli.command("batch-summarize")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder; a re-run there redoes only what changed.")
+@click.option("--workers", type=click.IntRange(min=1), help="Documents summarized at once [default: one per --server, else 1].")
+@click.option("--server", "servers", multiple=True, metavar="URL", help="llama.cpp / llamafile server to use (repeatable; implies --backend llamafile).")
+@click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")
+@click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")
+@click.option("--prompt", help="Prompt family for the summaries (chatml, llama2, ...) [default: detected].")
+@click.option("--max-words", type=click.IntRange(min=1), help="Ask for summaries of at most N words.")
+@click.option("--from-store", is_flag=True, help="Summarize the sources indexed in the store (INPUTS, if any, narrow them).")
+@store_options
+@json_option
+@click.pass_context
+@handle_errors
+def batch_summarize(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    out_dir: str,
+    workers: int | None,
+    servers: tuple[str, ...],
+    max_words: int | None,
+    from_store: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Summarize every document under INPUTS into --out, with citations and a corpus rollup; resumable."""
+    from rag.batch import BatchInterrupted, summarize_batch
+
+    if not inputs and not from_store:
+        raise click.UsageError("give files, folders or URLs to summarize, or --from-store")
+    settings = settings_from(ctx, **options)
+    progress = not as_json and sys.stderr.isatty()
+    try:
+        report = summarize_batch(
+            inputs, out_dir, settings, workers=workers, servers=servers, max_words=max_words, from_store=from_store, progress=progress
+        )
+        code = {"done": EXIT_OK, "partial": EXIT_PARTIAL}.get(report.status, EXIT_NOTHING_DONE)
+    except BatchInterrupted as interrupted:
+        report, code = interrupted.report, EXIT_INTERRUPTED
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(
+            f"{report.done} of {report.documents} documents summarized ({report.summarized} this run, {report.reused} reused) "
+            f"in {report.seconds:.1f} s: {report.files.get('report')}"
+        )
+        for failure in report.failures:
+            click.echo(f"failed: {failure.source} ({failure.stage}): {failure.reason}", err=True)
+        if code == EXIT_INTERRUPTED:
+            click.echo("interrupted: run the same command again to finish the rest", err=True)
+    if code:
+        sys.exit(code)
+
+
 def main() -> None:
     cli(prog_name="rag")

@@ -1,30 +1,59 @@
 """LCEL chains: they take Runnables (retriever, prompt, LLM) in and give Runnables out.
 
-Example::
+Every builder works with any LangChain ``BaseLanguageModel`` (the local backends
+of :mod:`rag.llm`, or a fake in tests), streams with ``.stream()``, and leaves
+model loading to the caller. Pass a :class:`rag.budget.ContextBudget` to keep
+prompts inside the model's context window.
+
+Example (Jupyter)::
 
     from rag.chains import build_retrieval_qa_chain, build_retriever
-    chain = build_retrieval_qa_chain(build_retriever(store, k=4), prompt, llm)
-    result = chain.invoke("What is X?")   # {"question", "docs", "answer"}
+    from rag.prompts import get_prompt
+    chain = build_retrieval_qa_chain(build_retriever(store, k=4), get_prompt("chatml"), llm)
+    result = chain.invoke("What is X?")   # {"question", "context": [Document], "budget", "answer"}
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from operator import itemgetter
+from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseLanguageModel
+from langchain_core.messages import BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import BasePromptTemplate
-from langchain_core.runnables import Runnable, RunnableLambda, RunnableParallel, RunnablePassthrough
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBranch,
+    RunnableLambda,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnablePick,
+)
+
+from rag.budget import ContextBudget, ContextOverflow
+from rag.prompts import get_prompt
+
+logger = logging.getLogger(__name__)
 
 
-def format_docs(docs: Sequence[Document]) -> str:
-    """Number the chunks so an answer can cite them as [1], [2], ..."""
+def format_docs(docs: Sequence[Document], start: int = 1) -> str:
+    """Number the documents so an answer can cite them as [1], [2], ..."""
     return "\n\n".join(
         f"[{number}] {doc.metadata.get('title') or doc.metadata.get('source', '')}\n{doc.page_content}"
-        for number, doc in enumerate(docs, start=1)
+        for number, doc in enumerate(docs, start=start)
     )
+
+
+def format_history(messages: Sequence[BaseMessage]) -> str:
+    """A chat history as ``User: ...`` / ``Assistant: ...`` lines for the condense prompt."""
+    speaker = {"human": "User", "ai": "Assistant"}
+    return "\n".join(f"{speaker.get(message.type, message.type)}: {message.text.strip()}" for message in messages)
 
 
 def build_retriever(store, k: int = 4) -> Runnable[str, list[Document]]:
@@ -37,16 +66,258 @@ def build_retriever(store, k: int = 4) -> Runnable[str, list[Document]]:
     return RunnableLambda(retrieve, name="retriever")
 
 
-def build_answer_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[dict, str]:
-    """QA over given documents: ``{"docs": [...], "question": str}`` -> answer text."""
+# --- question answering ---------------------------------------------------------------------------
+
+
+def build_docs_qa_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[dict, str]:
+    """QA over given documents: ``{"context": [Document], "question": str}`` -> answer text."""
     return (
-        RunnablePassthrough.assign(context=itemgetter("docs") | RunnableLambda(format_docs))
+        RunnablePassthrough.assign(context=RunnablePick("context") | RunnableLambda(format_docs))
         | prompt
         | llm
         | StrOutputParser()
     )
 
 
-def build_retrieval_qa_chain(retriever: Runnable, prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[str, dict]:
-    """Retrieval QA: question -> ``{"question", "docs", "answer"}`` (the docs are the sources)."""
-    return RunnableParallel(docs=retriever, question=RunnablePassthrough()).assign(answer=build_answer_chain(prompt, llm))
+def build_context_fitter(prompt: BasePromptTemplate, budget: ContextBudget) -> Runnable[dict, dict]:
+    """Trim ``inputs["context"]`` (documents, best first) to the budget; add ``inputs["budget"]``.
+
+    Raises :class:`rag.budget.ContextOverflow` when the question alone does not fit.
+    """
+
+    def fit(inputs: dict) -> dict:
+        others = {key: value for key, value in inputs.items() if key in prompt.input_variables and key != "context"}
+
+        def render(docs: list[Document]) -> str:
+            return prompt.invoke({**others, "context": format_docs(docs)}).to_string()
+
+        kept, report = budget.fit(inputs["context"], render)
+        return {**inputs, "context": kept, "budget": report}
+
+    return RunnableLambda(fit, name="fit_context")
+
+
+def build_retrieval_qa_chain(
+    retriever: Runnable[str, list[Document]],
+    prompt: BasePromptTemplate,
+    llm: BaseLanguageModel,
+    budget: ContextBudget | None = None,
+) -> Runnable[str, dict]:
+    """Retrieval QA: question -> ``{"question", "context", "budget", "answer"}``.
+
+    ``context`` holds the documents the answer's citations [1], [2], ... refer to (its
+    sources); ``budget`` is the :class:`rag.budget.BudgetReport` (``None`` without a budget).
+    Streaming yields the retrieval result first, then ``{"answer": token}`` chunks.
+    """
+    retrieve = RunnableParallel(question=RunnablePassthrough(), context=retriever)
+    fitted = retrieve | _fitter(prompt, budget)
+    return fitted | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+
+
+def _fitter(prompt: BasePromptTemplate, budget: ContextBudget | None) -> Runnable[dict, dict]:
+    if budget is None:
+        return RunnablePassthrough.assign(budget=RunnableLambda(lambda _: None))
+    return build_context_fitter(prompt, budget)
+
+
+# --- conversational QA ----------------------------------------------------------------------------
+
+
+def build_condense_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[dict, str]:
+    """``{"history": str, "question": str}`` -> a standalone question (one line)."""
+    return {"history": itemgetter("history"), "question": itemgetter("question")} | prompt | llm | StrOutputParser() | RunnableLambda(_standalone_line)
+
+
+def _understood(message: BaseMessage) -> str:
+    """A user turn as the chain understood it (its ``standalone_question``), first question only."""
+    text = (message.additional_kwargs.get("standalone_question") or message.text).strip()
+    return re.split(r"(?<=\?)\s+", text, maxsplit=1)[0]
+
+
+def _looks_like_question(text: str, max_words: int = 40) -> bool:
+    return text.endswith("?") and len(text.split()) <= max_words
+
+
+def _standalone_line(text: str) -> str:
+    """The first non-empty line of a condense answer, without a label or quotes."""
+    for line in text.splitlines():
+        line = re.sub(r"^\s*(standalone question|question)\s*:\s*", "", line, flags=re.IGNORECASE).strip().strip("\"'").strip()
+        if line:
+            return line
+    return ""
+
+
+def build_history_aware_question(
+    condense_prompt: BasePromptTemplate,
+    llm: BaseLanguageModel,
+    budget: ContextBudget | None = None,
+) -> Runnable[dict, str]:
+    """``{"question", "history": [messages]}`` -> the question to retrieve and answer with.
+
+    Without history the question is used as it is; with history the LLM rewrites it
+    as a standalone question, keeping the newest turns that fit the budget. When the
+    rewrite is not a question (small models tend to answer instead), the previous
+    question joined with the follow-up is used.
+    """
+    condense = build_condense_chain(condense_prompt, llm)
+
+    def condense_inputs(inputs: dict) -> dict:
+        history = list(inputs["history"])
+        while history:
+            values = {"history": format_history(history), "question": inputs["question"]}
+            if budget is None or budget.fits(condense_prompt.invoke(values).to_string()):
+                return {**values, "messages": history}
+            history = history[2:]  # drop the oldest exchange
+        return {"history": "", "question": inputs["question"], "messages": []}
+
+    def rewrite(values: dict) -> str:
+        if not values["history"]:
+            return values["question"]
+        rewritten = condense.invoke(values)
+        if _looks_like_question(rewritten):
+            return rewritten
+        # Small models often answer instead of rewriting: then use the previous question
+        # (as it was understood, first part only) with the follow-up; it names what "it" is.
+        logger.info("the condense step gave %r, not a question; using the previous question with the follow-up", rewritten[:80])
+        previous = next((_understood(message) for message in reversed(values["messages"]) if message.type == "human"), "")
+        return f"{previous} {values['question']}".strip()
+
+    return RunnableBranch(
+        (lambda inputs: not inputs.get("history"), itemgetter("question")),
+        RunnableLambda(condense_inputs) | RunnableLambda(rewrite, name="condense_question"),
+    )
+
+
+def build_conversational_qa_chain(
+    retriever: Runnable[str, list[Document]],
+    prompt: BasePromptTemplate,
+    condense_prompt: BasePromptTemplate,
+    llm: BaseLanguageModel,
+    budget: ContextBudget | None = None,
+) -> Runnable[dict, dict]:
+    """Conversational QA: ``{"question", "history": [messages]}`` -> ``{"asked", "question", "context", "budget", "answer"}``.
+
+    A follow-up ("and its license?") is rewritten into a standalone ``question`` from
+    the history (history-aware retrieval), which then drives retrieval and the answer;
+    ``asked`` is what the user typed. The caller bounds the history it passes in; a
+    human message may carry ``additional_kwargs["standalone_question"]`` (how that turn
+    was understood), which the fallback of :func:`build_history_aware_question` prefers.
+    """
+    standalone = build_history_aware_question(condense_prompt, llm, budget)
+    prepare = RunnableParallel(asked=itemgetter("question"), question=standalone)
+    retrieve = RunnablePassthrough.assign(context=itemgetter("question") | retriever)
+    return prepare | retrieve | _fitter(prompt, budget) | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+
+
+# --- summarization --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SummarizePrompts:
+    """The three prompts summarization uses: stuff (all at once), map (one part), reduce (combine)."""
+
+    stuff: BasePromptTemplate
+    map: BasePromptTemplate
+    reduce: BasePromptTemplate
+
+    @classmethod
+    def for_family(cls, family: str) -> SummarizePrompts:
+        return cls(get_prompt(family, "summarize"), get_prompt(family, "map"), get_prompt(family, "reduce"))
+
+
+def build_stuff_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[list[Document], str]:
+    """Summarize documents in one prompt: ``{"docs": format_docs} | prompt | llm | parser``."""
+    return {"docs": RunnableLambda(format_docs)} | prompt | llm | StrOutputParser()
+
+
+def join_summaries(summaries: Sequence[str]) -> str:
+    return "\n\n".join(summary.strip() for summary in summaries)
+
+
+def build_summarize_chain(
+    prompts: SummarizePrompts,
+    llm: BaseLanguageModel,
+    budget: ContextBudget | None = None,
+    *,
+    max_concurrency: int = 1,
+) -> Runnable[list[Document], dict]:
+    """Summarize documents: stuff them into one prompt when they fit, map-reduce otherwise.
+
+    Returns a Runnable from documents to ``{"docs", "method", "groups", "calls", "partials", "summary"}``:
+    ``docs`` are the documents as numbered for citations (a document too long for one
+    prompt appears as its parts), ``method`` is ``"stuff"`` or ``"map_reduce"``,
+    ``groups`` the number of map prompts, ``calls`` the LLM calls made and ``partials``
+    the partial summaries the final reduce combined. Only the final (stuff or reduce)
+    call streams.
+
+    Args:
+        max_concurrency: map prompts run at once; keep 1 for in-process backends.
+    """
+    map_chain = prompts.map | llm | StrOutputParser()
+    reduce_chain = prompts.reduce | llm | StrOutputParser()
+    config: dict[str, Any] = {"max_concurrency": max_concurrency}
+
+    def render_stuff(docs: list[Document]) -> str:
+        return prompts.stuff.invoke({"docs": format_docs(docs)}).to_string()
+
+    def render_map(docs: list[Document]) -> str:
+        return prompts.map.invoke({"docs": format_docs(docs)}).to_string()
+
+    def render_reduce(docs: list[Document]) -> str:
+        return prompts.reduce.invoke({"docs": join_summaries([doc.page_content for doc in docs])}).to_string()
+
+    def plan(docs: list[Document]) -> dict:
+        docs = list(docs)
+        if budget is None or budget.fits(render_stuff(docs)):
+            return {"docs": docs, "method": "stuff", "groups": [docs]}
+        groups = budget.pack(docs, render_map, "the map prompt")
+        return {"docs": [doc for group in groups for doc in group], "method": "map_reduce", "groups": groups}
+
+    def map_and_collapse(state: dict) -> dict:
+        if state["method"] == "stuff":
+            return {"summaries": [], "calls": 0}
+        starts = _group_starts(state["groups"])
+        summaries = map_chain.batch([{"docs": format_docs(group, start)} for group, start in zip(state["groups"], starts)], config)
+        calls = len(summaries)
+        while not budget.fits(render_reduce(_as_docs(summaries))):
+            groups = budget.pack(_as_docs(summaries), render_reduce, "the reduce prompt")
+            if len(groups) >= len(summaries):
+                raise ContextOverflow(
+                    f"partial summaries cannot be combined within {budget.limit} tokens: raise n_ctx or lower max_tokens"
+                )
+            summaries = reduce_chain.batch([{"docs": join_summaries([doc.page_content for doc in group])} for group in groups], config)
+            calls += len(groups)
+        return {"summaries": summaries, "calls": calls}
+
+    def shape(state: dict) -> dict:
+        return {
+            "docs": state["docs"],
+            "method": state["method"],
+            "groups": len(state["groups"]),
+            "calls": state["partials"]["calls"] + 1,
+            "partials": state["partials"]["summaries"],
+        }
+
+    def final_step(state: dict) -> Runnable:
+        if state["method"] == "stuff":
+            return itemgetter("docs") | build_stuff_chain(prompts.stuff, llm)
+        return RunnableLambda(lambda s: {"docs": join_summaries(s["partials"])}) | reduce_chain
+
+    return (
+        RunnableLambda(plan, name="plan_summary")
+        | RunnablePassthrough.assign(partials=RunnableLambda(map_and_collapse, name="map_and_collapse"))
+        | RunnableLambda(shape, name="summary_state")
+        | RunnablePassthrough.assign(summary=RunnableLambda(final_step, name="final_summary"))
+    )
+
+
+def _group_starts(groups: Sequence[Sequence[Document]]) -> list[int]:
+    starts, number = [], 1
+    for group in groups:
+        starts.append(number)
+        number += len(group)
+    return starts
+
+
+def _as_docs(summaries: Sequence[str]) -> list[Document]:
+    return [Document(page_content=summary) for summary in summaries]

@@ -30,7 +30,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from rag.errors import RagError
 from rag.models import InvalidModelFile, read_gguf_metadata, resolve_llm_path
-from rag.prompts import detect_family, get_family, get_spec
+from rag.prompts import choose_family, get_family
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,7 @@ def load_llm(settings: Settings) -> LocalLLM:
 
 def _choose_family(settings: Settings, chat_template: str | None, model_name: str) -> str:
     """The prompt family: the user's choice, else detected from the chat template or the name."""
-    if settings.prompt:
-        return get_spec(settings.prompt).family
-    return detect_family(chat_template, model_name)
+    return choose_family(settings.prompt, chat_template, model_name)
 
 
 def _stop_sequences(family: str, settings: Settings) -> list[str]:
@@ -333,12 +331,16 @@ class LlamafileLLM(LLM):
                         return
             except requests.exceptions.RequestException as error:
                 raise LLMBackendError(f"llama.cpp server at {self.base_url} failed mid-stream: {error}") from error
+        # A stream that ends without its final event was cut off: never pass a partial answer as whole.
+        raise LLMBackendError(f"llama.cpp server at {self.base_url} closed the stream before the answer was complete")
 
 
 def _parse_server_event(line: str, base_url: str) -> dict | None:
     """Decode one server-sent event line; raise on an error event."""
     if not line or line.startswith(":"):
         return None
+    if line.startswith("error:"):
+        raise LLMBackendError(f"llama.cpp server at {base_url} reported an error: {line[len('error:') :].strip()[:300]}")
     if not line.startswith("data:"):
         raise LLMBackendError(f"unexpected reply from llama.cpp server at {base_url}: {line[:300]}")
     body = line[len("data:") :].strip()

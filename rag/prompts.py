@@ -1,25 +1,29 @@
 """Prompt registry over the YAML files in ``prompts/``.
 
 A prompt is named ``family/kind`` (``chatml/rag``), by a bare family
-(``chatml``, meaning its ``rag`` prompt unless another kind is asked for), or
-by a LangChain Hub name that resolves offline (``rlm/rag-prompt``).
+(``chatml``, meaning its ``rag`` prompt unless another kind is asked for), by a
+LangChain Hub name that resolves offline to one of our files (``rlm/rag-prompt``),
+or, only when the user asks for it, by ``hub:OWNER/NAME``: pulled once from the
+real hub and cached.
 
 Example::
 
-    from rag.prompts import get_prompt, detect_family
+    from rag.prompts import detect_family, get_prompt
     family = detect_family(chat_template, "SmolLM2-135M-Instruct.Q4_1.gguf")  # "chatml"
-    prompt = get_prompt(family, kind="rag")   # a PromptTemplate
+    prompt = get_prompt(family, kind="rag")   # a PromptTemplate over {context, question}
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from langchain_core.prompts import PromptTemplate
+from langchain_core.prompts import BasePromptTemplate, PromptTemplate
 
 from rag.errors import RagError
 from rag.resources import resource_dir
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 GENERIC = "generic"
 KINDS = ("rag", "summarize", "map", "reduce", "condense")
+HUB_PREFIX = "hub:"
 
 
 class PromptNotFound(RagError, KeyError):
@@ -35,6 +40,14 @@ class PromptNotFound(RagError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
+
+
+class PromptFileError(RagError, ValueError):
+    """A prompt file is malformed: missing keys, or variables that do not match its template."""
+
+
+class HubPullError(RagError, RuntimeError):
+    """A prompt could not be pulled from the LangChain Hub."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +59,18 @@ class PromptSpec:
     variables: tuple[str, ...]
     template: str
 
+    @property
+    def name(self) -> str:
+        return f"{self.family}/{self.kind}"
+
     def to_template(self) -> PromptTemplate:
         return PromptTemplate(template=self.template, input_variables=list(self.variables))
+
+    def render(self, **values: str) -> str:
+        """The prompt text for exactly the declared variables (raises on a missing or extra one)."""
+        if set(values) != set(self.variables):
+            raise PromptFileError(f"prompt {self.name} takes {sorted(self.variables)}, got {sorted(values)}")
+        return self.to_template().format(**values)
 
 
 @dataclass(frozen=True)
@@ -66,31 +89,45 @@ def prompts_dir() -> Path:
     return resource_dir("prompts")
 
 
+def _read_family(path: Path) -> PromptFamily:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        name = raw["family"]
+        prompts = {}
+        for kind, spec in raw["prompts"].items():
+            declared = tuple(spec["variables"])
+            used = set(PromptTemplate.from_template(spec["template"]).input_variables)
+            if used != set(declared):
+                raise PromptFileError(
+                    f"{path}: prompt {kind!r} declares variables {sorted(declared)} but its template uses {sorted(used)}"
+                )
+            prompts[kind] = PromptSpec(name, kind, declared, spec["template"])
+    except (KeyError, TypeError) as error:
+        raise PromptFileError(f"{path}: malformed prompt file ({error!r}); see prompts/README.md") from error
+    return PromptFamily(
+        name=name,
+        description=raw.get("description", ""),
+        markers=tuple(raw.get("markers", ())),
+        name_hints=tuple(raw.get("name_hints", ())),
+        stop=tuple(raw.get("stop", ())),
+        prompts=prompts,
+    )
+
+
 @functools.lru_cache(maxsize=1)
 def load_families() -> dict[str, PromptFamily]:
     """Every prompt family in ``prompts/``, by name."""
     families = {}
     for path in sorted(prompts_dir().glob("*.yaml")):
-        if path.stem == "aliases":
-            continue
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        name = raw["family"]
-        families[name] = PromptFamily(
-            name=name,
-            description=raw.get("description", ""),
-            markers=tuple(raw.get("markers", ())),
-            name_hints=tuple(raw.get("name_hints", ())),
-            stop=tuple(raw.get("stop", ())),
-            prompts={
-                kind: PromptSpec(name, kind, tuple(spec["variables"]), spec["template"])
-                for kind, spec in raw["prompts"].items()
-            },
-        )
+        if path.stem != "aliases":
+            family = _read_family(path)
+            families[family.name] = family
     return families
 
 
 @functools.lru_cache(maxsize=1)
 def load_aliases() -> dict[str, str]:
+    """Hub-style names (``rlm/rag-prompt``) mapped to ``family/kind`` here."""
     path = prompts_dir() / "aliases.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -104,6 +141,8 @@ def get_family(name: str) -> PromptFamily:
 
 def get_spec(name: str, kind: str = "rag") -> PromptSpec:
     """Resolve ``family``, ``family/kind`` or a hub alias to a :class:`PromptSpec`."""
+    if name.startswith(HUB_PREFIX):
+        raise PromptNotFound(f"{name!r} is a LangChain Hub prompt, not one of our files; resolve it with resolve_prompt()")
     name = load_aliases().get(name, name)
     family_name, _, explicit_kind = name.partition("/")
     family = get_family(family_name)
@@ -116,6 +155,13 @@ def get_spec(name: str, kind: str = "rag") -> PromptSpec:
 def get_prompt(name: str, kind: str = "rag") -> PromptTemplate:
     """A LangChain ``PromptTemplate`` for a prompt name (see :func:`get_spec`)."""
     return get_spec(name, kind).to_template()
+
+
+def family_of(name: str) -> str | None:
+    """The family a prompt name belongs to; ``None`` for a hub prompt (it has none)."""
+    if name.startswith(HUB_PREFIX):
+        return None
+    return get_spec(name).family
 
 
 def detect_family(chat_template: str | None, model_name: str = "") -> str:
@@ -132,21 +178,67 @@ def detect_family(chat_template: str | None, model_name: str = "") -> str:
     return GENERIC
 
 
-def pull_hub_prompt(name: str, cache_dir: Path) -> PromptTemplate:
-    """Fetch a prompt from the real LangChain Hub (online, on request only) and cache it.
+def choose_family(override: str | None, chat_template: str | None, model_name: str) -> str:
+    """The family to use: the one of the user's prompt choice, else detected from the model."""
+    chosen = family_of(override) if override else None
+    return chosen or detect_family(chat_template, model_name)
 
-    A cached copy is used without touching the network.
+
+def resolve_prompt(name: str, kind: str = "rag", *, cache_dir: Path | None = None) -> BasePromptTemplate:
+    """A prompt template for ``name``: our files and aliases offline, ``hub:OWNER/NAME`` from the hub.
+
+    Args:
+        name: ``family``, ``family/kind``, an alias such as ``rlm/rag-prompt``, or ``hub:OWNER/NAME``.
+        kind: the kind wanted when ``name`` does not say (``rag``, ``summarize``, ...).
+        cache_dir: where pulled hub prompts are cached (required for ``hub:`` names).
     """
-    import json
+    if name.startswith(HUB_PREFIX):
+        if cache_dir is None:
+            raise HubPullError("a cache directory is needed to pull hub prompts")
+        return pull_hub_prompt(name[len(HUB_PREFIX) :], cache_dir)
+    return get_prompt(name, kind)
 
-    from langchain_core.load import dumpd, load
 
-    cache_file = cache_dir / "hub" / (name.replace("/", "__") + ".json")
-    if not cache_file.is_file():
-        from langchainhub import Client  # only for users who ask for the hub
+def _hub_cache_file(name: str, cache_dir: Path) -> Path:
+    return cache_dir / "hub" / (name.replace("/", "__").replace(":", "@") + ".json")
 
-        logger.info("pulling prompt %s from the LangChain Hub", name)
-        prompt = load(json.loads(Client().pull(name)))
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        cache_file.write_text(json.dumps(dumpd(prompt)), encoding="utf-8")
-    return load(json.loads(cache_file.read_text(encoding="utf-8")))
+
+def _load_prompt_manifest(manifest: dict, origin: str) -> BasePromptTemplate:
+    """Deserialize a hub manifest, allowing langchain_core objects only, and insist on a prompt."""
+    from langchain_core.load import load
+
+    try:
+        prompt = load(manifest, allowed_objects="core")
+    except Exception as error:  # the loader raises several kinds on untrusted input
+        raise HubPullError(f"{origin} is not a prompt this package can use: {error}") from error
+    if not isinstance(prompt, BasePromptTemplate):
+        raise HubPullError(f"{origin} holds a {type(prompt).__name__}, not a prompt template")
+    return prompt
+
+
+def pull_hub_prompt(name: str, cache_dir: Path) -> BasePromptTemplate:
+    """Fetch a prompt from the LangChain Hub (online, on request only) and cache it.
+
+    A cached copy is used without touching the network. Only ``langchain_core``
+    objects are deserialized and the result must be a prompt template: a hub
+    manifest is untrusted input.
+    """
+    cache_file = _hub_cache_file(name, cache_dir)
+    if cache_file.is_file():
+        return _load_prompt_manifest(json.loads(cache_file.read_text(encoding="utf-8")), str(cache_file))
+    from langsmith import Client  # only for users who ask for the hub
+
+    logger.info("pulling prompt %s from the LangChain Hub", name)
+    try:
+        commit = Client().pull_prompt_commit(name, dangerously_pull_public_prompt=True)
+    except Exception as error:  # network, auth and not-found errors all land here
+        raise HubPullError(
+            f"could not pull {name!r} from the LangChain Hub ({error}). "
+            "Are you online? Offline, use one of our prompts: rlm/rag-prompt, rlm/rag-prompt-llama, or a family name."
+        ) from error
+    prompt = _load_prompt_manifest(commit.manifest, f"hub prompt {name!r}")
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(f".tmp{os.getpid()}")
+    partial.write_text(json.dumps(commit.manifest), encoding="utf-8")
+    os.replace(partial, cache_file)
+    return prompt

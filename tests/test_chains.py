@@ -1,0 +1,263 @@
+"""LCEL chains and context budgeting, over fake LLMs and a word-counting tokenizer (fast tier)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from langchain_core.documents import Document
+from langchain_core.language_models import FakeListLLM, FakeStreamingListLLM
+from langchain_core.language_models.llms import LLM
+from langchain_core.messages import AIMessage, HumanMessage
+from langchain_core.runnables import RunnableLambda
+
+from rag.budget import ContextBudget, ContextOverflow
+from rag.chains import (
+    SummarizePrompts,
+    build_conversational_qa_chain,
+    build_docs_qa_chain,
+    build_retrieval_qa_chain,
+    build_stuff_chain,
+    build_summarize_chain,
+    format_docs,
+)
+from rag.prompts import get_prompt
+
+
+def count_words(text: str) -> int:
+    """A stand-in tokenizer: one token per word, plus one like a BOS."""
+    return len(text.split()) + 1
+
+
+class EchoLLM(LLM):
+    """Answers with the prompt it was given, so tests can read what the model saw."""
+
+    prompts: list[str] = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "echo"
+
+    def _call(self, prompt: str, stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> str:
+        self.prompts.append(prompt)
+        return prompt
+
+
+class CountingLLM(FakeListLLM):
+    """A FakeListLLM that counts its calls."""
+
+    calls: int = 0
+
+    def _call(self, *args: Any, **kwargs: Any) -> str:
+        self.calls += 1
+        return super()._call(*args, **kwargs)
+
+
+def doc(text: str, source: str = "s", title: str = "T", **meta: Any) -> Document:
+    return Document(page_content=text, metadata={"source": source, "title": title, **meta})
+
+
+def words(n: int, prefix: str = "w") -> str:
+    return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+# --- formatting and QA ----------------------------------------------------------------------------
+
+
+def test_format_docs_numbers_from_start_with_titles():
+    text = format_docs([doc("alpha", title="A"), doc("beta", source="b.md", title="")], start=3)
+    assert text == "[3] A\nalpha\n\n[4] b.md\nbeta"
+
+
+def test_docs_qa_chain_puts_numbered_docs_and_question_in_the_prompt():
+    chain = build_docs_qa_chain(get_prompt("chatml"), EchoLLM())
+    prompt = chain.invoke({"context": [doc("The lamp was lit in 1871.", title="Lighthouse")], "question": "When?"})
+    assert "[1] Lighthouse\nThe lamp was lit in 1871." in prompt
+    assert "Question: When?<|im_end|>" in prompt
+    assert prompt.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_retrieval_qa_returns_answer_and_sources_and_streams_tokens():
+    sources = [doc("one", "a.md"), doc("two", "b.md")]
+    retriever = RunnableLambda(lambda question: sources)
+    chain = build_retrieval_qa_chain(retriever, get_prompt("generic"), FakeStreamingListLLM(responses=["It is one [1]."]))
+    result = chain.invoke("which?")
+    assert result["answer"] == "It is one [1]."
+    assert result["context"] == sources and result["question"] == "which?" and result["budget"] is None
+    answer_chunks = [chunk["answer"] for chunk in chain.stream("which?") if "answer" in chunk]
+    assert len(answer_chunks) > 1 and "".join(answer_chunks) == "It is one [1]."
+
+
+# --- context budgeting ----------------------------------------------------------------------------
+
+
+def render_with(prompt_name: str = "generic", question: str = "q?"):
+    prompt = get_prompt(prompt_name)
+    return lambda docs: prompt.format(context=format_docs(docs), question=question)
+
+
+def test_budget_keeps_best_ranked_trims_next_and_drops_the_rest():
+    docs = [doc(words(100, f"d{n}x"), source=f"s{n}") for n in range(5)]
+    budget = ContextBudget(count_words, n_ctx=400, answer_tokens=100)
+    kept, report = budget.fit(docs, render_with())
+    assert [d.metadata["source"] for d in kept] == ["s0", "s1", "s2"]
+    assert kept[2].metadata.get("trimmed") and kept[2].page_content in docs[2].page_content
+    assert len(kept[2].page_content) < len(docs[2].page_content)
+    assert report.trimmed == ["s2"] and report.dropped == ["s3", "s4"]
+    assert report.prompt_tokens == count_words(render_with()(kept)) <= 300 == report.limit
+
+
+def test_budget_drops_rather_than_keeping_a_useless_sliver():
+    budget = ContextBudget(count_words, 400, 100, min_trim_tokens=32)
+    room = budget.limit - count_words(render_with()([doc("")]))
+    docs = [doc(words(room - 20), source="big"), doc(words(50), source="next")]
+    kept, report = budget.fit(docs, render_with())
+    assert [d.metadata["source"] for d in kept] == ["big"] and report.dropped == ["next"] and not report.trimmed
+
+
+def test_budget_never_exceeds_the_limit():
+    rng = random.Random(7)
+    for _ in range(30):
+        docs = [doc(words(rng.randint(1, 200), f"r{n}x"), source=f"s{n}") for n in range(rng.randint(0, 8))]
+        budget = ContextBudget(count_words, n_ctx=rng.randint(150, 600), answer_tokens=rng.randint(10, 100))
+        kept, report = budget.fit(docs, render_with())
+        assert count_words(render_with()(kept)) <= budget.limit
+        assert report.kept + len(report.dropped) == len(docs)
+
+
+def test_question_longer_than_the_context_is_a_clear_error():
+    budget = ContextBudget(count_words, n_ctx=200, answer_tokens=50)
+    with pytest.raises(ContextOverflow, match=r"question .* take \d+ tokens, but only 150 fit"):
+        budget.fit([doc("x")], render_with(question=words(300)))
+
+
+def test_pack_groups_in_order_within_the_limit_and_splits_long_documents():
+    docs = [doc(words(40, "a"), "a"), doc(words(500, "b"), "b"), doc(words(30, "c"), "c")]
+    budget = ContextBudget(count_words, n_ctx=300, answer_tokens=100)
+    render = render_with()
+    groups = budget.pack(docs, render)
+    assert all(count_words(render(group)) <= budget.limit for group in groups)
+    flat = [d for group in groups for d in group]
+    assert " ".join(d.page_content for d in flat).split() == " ".join(d.page_content for d in docs).split()
+    parts = [d.metadata.get("part") for d in flat if d.metadata["source"] == "b"]
+    assert parts == list(range(1, len(parts) + 1)) and len(parts) >= 3
+
+
+def test_retrieval_qa_with_budget_records_what_was_cut():
+    docs = [doc(words(100, f"d{n}x"), source=f"s{n}") for n in range(4)]
+    chain = build_retrieval_qa_chain(
+        RunnableLambda(lambda q: docs), get_prompt("generic"), EchoLLM(), ContextBudget(count_words, 300, 100)
+    )
+    result = chain.invoke("q?")
+    assert result["budget"].dropped and count_words(result["answer"]) <= 200
+    assert len(result["context"]) == result["budget"].kept
+
+
+# --- summarization --------------------------------------------------------------------------------
+
+
+def test_stuff_chain_is_format_prompt_llm_parser():
+    prompt = build_stuff_chain(get_prompt("generic", "summarize"), EchoLLM()).invoke([doc("alpha", title="A")])
+    assert "Summarize the main themes in these retrieved docs" in prompt and "[1] A\nalpha" in prompt
+
+
+def test_summarize_stuffs_when_it_fits():
+    llm = CountingLLM(responses=["Short summary [1]."])
+    chain = build_summarize_chain(SummarizePrompts.for_family("chatml"), llm, ContextBudget(count_words, 2000, 100))
+    result = chain.invoke([doc(words(50)), doc(words(50))])
+    assert (result["method"], result["groups"], result["calls"], llm.calls) == ("stuff", 1, 1, 1)
+    assert result["summary"] == "Short summary [1]." and len(result["docs"]) == 2
+
+
+def test_summarize_map_reduces_when_it_does_not_fit_with_citations_numbered_across_parts():
+    docs = [doc(words(100, f"d{n}x"), source=f"s{n}") for n in range(4)]
+    prompts_seen: list[str] = []
+    responses = iter(["part one [1]", "part two [3]", "final [1][3]"])
+
+    def fake_llm(prompt_value):
+        prompts_seen.append(prompt_value.to_string())
+        return next(responses)
+
+    budget = ContextBudget(count_words, 400, 100)
+    result = build_summarize_chain(SummarizePrompts.for_family("generic"), RunnableLambda(fake_llm), budget).invoke(docs)
+    assert (result["method"], result["groups"], result["calls"]) == ("map_reduce", 2, 3)
+    assert result["summary"] == "final [1][3]" and result["partials"] == ["part one [1]", "part two [3]"]
+    assert "[1] T\nd0x0" in prompts_seen[0] and "[3] T\nd2x0" in prompts_seen[1], "numbering continues across map groups"
+    assert "part one [1]\n\npart two [3]" in prompts_seen[2]
+    assert all(count_words(prompt) <= budget.limit for prompt in prompts_seen)
+
+
+def test_summarize_collapses_partials_that_do_not_fit_one_reduce():
+    docs = [doc(words(200, f"d{n}x"), source=f"s{n}") for n in range(6)]
+    long_partial = words(90, "p")
+    llm = CountingLLM(responses=[long_partial] * 20)
+    budget = ContextBudget(count_words, 400, 100)
+    result = build_summarize_chain(SummarizePrompts.for_family("generic"), llm, budget).invoke(docs)
+    assert result["method"] == "map_reduce"
+    assert result["calls"] == llm.calls > result["groups"] + 1, "an extra collapse round ran"
+
+
+def test_summarize_streams_the_final_call():
+    chain = build_summarize_chain(SummarizePrompts.for_family("chatml"), FakeStreamingListLLM(responses=["A summary."]))
+    chunks = [chunk["summary"] for chunk in chain.stream([doc("x")]) if "summary" in chunk]
+    assert len(chunks) > 1 and "".join(chunks) == "A summary."
+
+
+# --- conversational QA ----------------------------------------------------------------------------
+
+
+def test_first_question_is_used_as_is_without_a_condense_call():
+    llm = CountingLLM(responses=["QuokkaDB is a database [1]."])
+    seen = []
+    retriever = RunnableLambda(lambda query: seen.append(query) or [doc("QuokkaDB is an embedded database.")])
+    chain = build_conversational_qa_chain(retriever, get_prompt("chatml"), get_prompt("chatml", "condense"), llm)
+    result = chain.invoke({"question": "What is QuokkaDB?", "history": []})
+    assert seen == ["What is QuokkaDB?"] and llm.calls == 1
+    assert result["asked"] == result["question"] == "What is QuokkaDB?"
+
+
+def test_follow_up_is_rewritten_from_history_and_drives_retrieval():
+    llm = FakeListLLM(responses=["Standalone question: What is the license of QuokkaDB?\nextra", "It is MIT [1]."])
+    seen = []
+    retriever = RunnableLambda(lambda query: seen.append(query) or [doc("QuokkaDB is MIT licensed.", "quokkadb.rst")])
+    chain = build_conversational_qa_chain(retriever, get_prompt("chatml"), get_prompt("chatml", "condense"), llm)
+    history = [HumanMessage("What is QuokkaDB?"), AIMessage("An embedded database.")]
+    result = chain.invoke({"question": "And what about its license?", "history": history})
+    assert seen == ["What is the license of QuokkaDB?"]
+    assert result["asked"] == "And what about its license?"
+    assert result["question"] == "What is the license of QuokkaDB?" and result["answer"] == "It is MIT [1]."
+
+
+def test_a_rewrite_that_is_not_a_question_falls_back_to_previous_question_and_follow_up():
+    llm = FakeListLLM(responses=["QuokkaDB is licensed under some license.", "MPL-2.0 [1]."])
+    seen = []
+    retriever = RunnableLambda(lambda query: seen.append(query) or [])
+    chain = build_conversational_qa_chain(retriever, get_prompt("chatml"), get_prompt("chatml", "condense"), llm)
+    history = [HumanMessage("What is QuokkaDB?"), AIMessage("An embedded database.")]
+    result = chain.invoke({"question": "And its license?", "history": history})
+    assert seen == ["What is QuokkaDB? And its license?"] == [result["question"]]
+
+
+def test_fallback_uses_how_the_previous_turn_was_understood():
+    llm = FakeListLLM(responses=["Port 7420.", "It listens on 7420 [1]."])
+    chain = build_conversational_qa_chain(RunnableLambda(lambda q: []), get_prompt("chatml"), get_prompt("chatml", "condense"), llm)
+    understood = "What is QuokkaDB? And its license?"
+    history = [HumanMessage("And its license?", additional_kwargs={"standalone_question": understood}), AIMessage("MPL-2.0.")]
+    result = chain.invoke({"question": "Which port does its server use?", "history": history})
+    assert result["question"] == "What is QuokkaDB? Which port does its server use?"
+
+
+def test_condense_prompt_keeps_the_newest_history_that_fits():
+    echo = EchoLLM(prompts=[])
+    history = []
+    for turn in range(6):
+        history += [HumanMessage(f"question{turn} " + words(30)), AIMessage(f"answer{turn} " + words(30))]
+    chain = build_conversational_qa_chain(
+        RunnableLambda(lambda q: []), get_prompt("chatml"), get_prompt("chatml", "condense"), echo, ContextBudget(count_words, 400, 100)
+    )
+    chain.invoke({"question": "and then?", "history": history})
+    condense_prompt = echo.prompts[0]
+    assert "question5" in condense_prompt and "answer5" in condense_prompt
+    assert "question0" not in condense_prompt
+    assert count_words(condense_prompt) <= 300

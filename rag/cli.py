@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -118,22 +118,65 @@ def doctor(ctx: click.Context, as_json: bool, **options: Any) -> None:
 @store_options
 @click.option("--chunk-size", type=int, help="Characters per chunk [default: 500].")
 @click.option("--chunk-overlap", type=int, help="Characters shared by neighbouring chunks [default: 0].")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB in folders (repeatable): '*.md', 'docs/*.html'.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files and folders matching GLOB (repeatable).")
+@click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also read hidden files and folders.")
+@click.option("--allow-private-network", is_flag=True, default=None, help="Allow URLs on loopback and private networks.")
+@click.option("--keep-boilerplate", is_flag=True, help="Keep web pages' navigation, headers and footers.")
+@click.option("--source-timeout", type=float, metavar="SECONDS", help="Time allowed to load one source [default: 60].")
+@click.option("--max-source-mb", type=float, metavar="MB", help="Largest file or web page read [default: 20].")
+@click.option("--prune", is_flag=True, help="Remove indexed sources no longer found under the folders given.")
+@click.option("--reindex", is_flag=True, help="Drop the collection and rebuild it from INPUTS (to change embedder or splitter).")
 @json_option
 @click.pass_context
 @handle_errors
-def ingest(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, **options: Any) -> None:
-    """Index files, folders and URLs into the store."""
+def ingest(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    as_json: bool,
+    prune: bool,
+    reindex: bool,
+    keep_boilerplate: bool,
+    max_source_mb: float | None,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Index files, folders and URLs (http/https) into the store.
+
+    Unchanged sources are skipped, changed ones replaced; a source that fails keeps
+    what it had. Exit status: 0 all loaded, 3 some failed, 4 nothing could be done.
+    """
     from rag.ingest import ingest as run_ingest
 
-    report = run_ingest(inputs, settings_from(ctx, **options))
+    settings = settings_from(
+        ctx,
+        include=list(include) or None,
+        exclude=list(exclude) or None,
+        strip_boilerplate=False if keep_boilerplate else None,
+        max_source_bytes=int(max_source_mb * 1e6) if max_source_mb else None,
+        **options,
+    )
+    progress = not as_json and sys.stderr.isatty()
+    report = run_ingest(inputs, settings, prune=prune, reindex=reindex, progress=progress)
     if as_json:
         emit_json(report.to_dict())
     else:
-        click.echo(f"{report.sources} sources, {report.chunks} chunks, {report.added} written")
+        click.echo(
+            f"sources: {report.sources_added} added, {report.sources_updated} updated, {report.sources_skipped} unchanged, "
+            f"{report.sources_deleted} deleted, {len(report.failures)} failed"
+        )
+        click.echo(
+            f"chunks:  {report.chunks_added} added, {report.chunks_updated} updated, {report.chunks_skipped} unchanged, "
+            f"{report.chunks_deleted} deleted ({report.embedded} embedded) in {report.seconds:.1f} s"
+            + (" [re-indexed]" if report.reindexed else "")
+        )
         for failure in report.failures:
-            click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
+            click.secho(f"failed: {failure.source}: {failure.reason}", fg="yellow", err=True)
+    if report.nothing_done:
+        sys.exit(EXIT_NOTHING_DONE)
     if report.failures:
-        sys.exit(EXIT_NOTHING_DONE if len(report.failures) == report.sources else EXIT_PARTIAL)
+        sys.exit(EXIT_PARTIAL)
 
 
 @cli.command()
@@ -150,35 +193,53 @@ def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **optio
     settings = settings_from(ctx, k=k, **options)
     hits = run_search(query, settings.k, settings)
     if as_json:
-        emit_json([{"score": round(score, 4), "source": doc.metadata.get("source"), "title": doc.metadata.get("title"), "text": doc.page_content} for doc, score in hits])
+        emit_json(
+            [
+                {"score": round(score, 4), "text": doc.page_content, **{key: doc.metadata[key] for key in ("source", "title", "page", "start_index") if key in doc.metadata}}
+                for doc, score in hits
+            ]
+        )
         return
-    for doc, score in hits:
-        click.echo(f"{score:.3f}  {doc.metadata.get('title', '')}  ({doc.metadata.get('source', '')})")
-        click.echo("       " + doc.page_content[:200].replace("\n", " "))
+    for rank, (doc, score) in enumerate(hits, start=1):
+        page = f" p.{doc.metadata['page']}" if "page" in doc.metadata else ""
+        click.echo(f"[{rank}] {score:.3f}  {doc.metadata.get('title', '')}  ({doc.metadata.get('source', '')}{page})")
+        click.echo("    " + " ".join(doc.page_content.split())[:240])
 
 
-def stream_to_terminal(items: Iterator[Any], show: bool) -> Any:
-    """Echo the text pieces of a library stream as they come; return its final result."""
-    result, printed = None, False
-    try:
-        for item in items:
-            if not isinstance(item, str):
-                result = item
-            elif show and item:
-                click.echo(item, nl=False)
-                printed = True
-    finally:
-        if printed:  # end the line, so an error message starts on its own
-            click.echo()
-    return result
+@cli.command()
+@store_options
+@json_option
+@click.pass_context
+@handle_errors
+def sources(ctx: click.Context, as_json: bool, **options: Any) -> None:
+    """List the indexed sources: chunks, when last ingested, title."""
+    from rag.ingest import list_sources
+
+    entries = list_sources(settings_from(ctx, **options))
+    if as_json:
+        emit_json([entry.to_dict() for entry in entries])
+        return
+    for entry in entries:
+        state = "" if entry.state == "indexed" else "  [incomplete: ingest it again]"
+        click.echo(f"{entry.chunks:>6}  {entry.ingested_at or '-':<25}  {entry.source}  ({entry.title or ''}){state}")
+    click.echo(f"{len(entries)} sources, {sum(entry.chunks for entry in entries)} chunks", err=True)
 
 
-def echo_sources(sources: list) -> None:
-    click.echo("\nSources:")
-    for source in sources:
-        score = "" if source.score is None else f" score {source.score:.3f}"
-        part = "" if source.part is None else f" part {source.part}"
-        click.echo(f"  [{source.number}] {source.title} ({source.source}){part}{score}")
+@cli.command()
+@click.argument("items", nargs=-1, required=True, metavar="SOURCE...")
+@store_options
+@json_option
+@click.pass_context
+@handle_errors
+def forget(ctx: click.Context, items: tuple[str, ...], as_json: bool, **options: Any) -> None:
+    """Remove sources (a URL, a file, or every source under a folder) from the store."""
+    from rag.ingest import forget as run_forget
+
+    report = run_forget(items, settings_from(ctx, **options))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(f"removed {report.sources_deleted} sources, {report.chunks_deleted} chunks")
 
 
 @cli.command()
@@ -192,147 +253,26 @@ def echo_sources(sources: list) -> None:
 @handle_errors
 def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: int | None, **options: Any) -> None:
     """Answer QUESTION from the indexed documents, then list its sources."""
-    from rag.answer import Assistant
+    from rag.answer import Answer, Assistant
 
     assistant = Assistant(settings_from(ctx, k=k, **options))
     stream = not (no_stream or as_json)
-    answer = stream_to_terminal(assistant.stream(question), show=stream)
+    answer: Answer | None = None
+    for item in assistant.stream(question):
+        if isinstance(item, Answer):
+            answer = item
+        elif stream:
+            click.echo(item, nl=False)
+    assert answer is not None
     if as_json:
         data = answer.to_dict()
         data["sources"] = [{key: source[key] for key in ("number", "source", "title", "score")} for source in data["sources"]]
         emit_json(data)
         return
-    if not stream:
-        click.echo(answer.answer)
-    echo_sources(answer.sources)
-    budget = answer.metadata.get("budget") or {}
-    if budget.get("trimmed") or budget.get("dropped"):
-        click.echo(
-            f"(to fit the {budget['n_ctx']}-token context: {len(budget['trimmed'])} chunk(s) trimmed, "
-            f"{len(budget['dropped'])} dropped)",
-            err=True,
-        )
-
-
-@cli.command()
-@click.argument("inputs", nargs=-1, required=True)
-@model_options
-@click.option("--no-stream", is_flag=True, help="Print the summary only when it is complete.")
-@json_option
-@click.pass_context
-@handle_errors
-def summarize(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, no_stream: bool, **options: Any) -> None:
-    """Summarize files, folders and URLs: in one prompt when they fit the context, else map-reduce."""
-    from rag.answer import Assistant, NothingToSummarize, load_documents
-
-    settings = settings_from(ctx, **options)
-    docs, failures = load_documents(inputs, settings)
-    for failure in failures:
-        click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
-    if not docs:
-        raise NothingToSummarize("nothing to summarize: no input could be loaded")
-    stream = not (no_stream or as_json)
-    summary = stream_to_terminal(Assistant(settings).stream_summary(docs), show=stream)
-    if as_json:
-        data = summary.to_dict()
-        data["sources"] = [{key: source[key] for key in ("number", "source", "title", "part")} for source in data["sources"]]
-        data["failures"] = [{"source": failure.source, "reason": failure.reason} for failure in failures]
-        emit_json(data)
-    else:
-        if not stream:
-            click.echo(summary.summary)
-        echo_sources(summary.sources)
-        if summary.method == "map_reduce":
-            click.echo(f"(map-reduce: {summary.metadata['groups']} parts, {summary.metadata['calls']} LLM calls)", err=True)
-    if failures:
-        sys.exit(EXIT_PARTIAL)
-
-
-@cli.command()
-@click.option("-k", type=int, help="Number of chunks retrieved per question [default: 4].")
-@click.option("--history", "history_turns", type=int, help="Exchanges remembered for follow-up questions [default: 4].")
-@model_options
-@store_options
-@click.pass_context
-@handle_errors
-def chat(ctx: click.Context, k: int | None, **options: Any) -> None:
-    """Chat with your documents; follow-up questions use the conversation so far. `exit` or Ctrl-D leaves."""
-    from rag.answer import Assistant
-    from rag.llm import LLMBackendError
-
-    session = Assistant(settings_from(ctx, k=k, **options)).chat()
-    session.assistant.check_ready()
-    click.echo("Ask about your documents; `exit` or Ctrl-D to leave.", err=True)
-    while True:
-        try:
-            question = click.prompt("you", prompt_suffix="> ", default="", show_default=False).strip()
-        except click.Abort:  # Ctrl-D or Ctrl-C at the prompt
-            click.echo()
-            return
-        if question.lower() in {"exit", "quit"}:
-            return
-        if not question:
-            continue
-        try:
-            answer = stream_to_terminal(session.stream(question), show=True)
-        except LLMBackendError as error:  # the server may recover: report, keep the session
-            click.secho(f"error: {error}", fg="red", err=True)
-            continue
-        echo_sources(answer.sources)
-
-
-@cli.command("batch-summarize")
-@click.argument("inputs", nargs=-1)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder; a re-run there redoes only what changed.")
-@click.option("--workers", type=click.IntRange(min=1), help="Documents summarized at once [default: one per --server, else 1].")
-@click.option("--server", "servers", multiple=True, metavar="URL", help="llama.cpp / llamafile server to use (repeatable; implies --backend llamafile).")
-@click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")
-@click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")
-@click.option("--prompt", help="Prompt family for the summaries (chatml, llama2, ...) [default: detected].")
-@click.option("--max-words", type=click.IntRange(min=1), help="Ask for summaries of at most N words.")
-@click.option("--from-store", is_flag=True, help="Summarize the sources indexed in the store (INPUTS, if any, narrow them).")
-@store_options
-@json_option
-@click.pass_context
-@handle_errors
-def batch_summarize(
-    ctx: click.Context,
-    inputs: tuple[str, ...],
-    out_dir: str,
-    workers: int | None,
-    servers: tuple[str, ...],
-    max_words: int | None,
-    from_store: bool,
-    as_json: bool,
-    **options: Any,
-) -> None:
-    """Summarize every document under INPUTS into --out, with citations and a corpus rollup; resumable."""
-    from rag.batch import BatchInterrupted, summarize_batch
-
-    if not inputs and not from_store:
-        raise click.UsageError("give files, folders or URLs to summarize, or --from-store")
-    settings = settings_from(ctx, **options)
-    progress = not as_json and sys.stderr.isatty()
-    try:
-        report = summarize_batch(
-            inputs, out_dir, settings, workers=workers, servers=servers, max_words=max_words, from_store=from_store, progress=progress
-        )
-        code = {"done": EXIT_OK, "partial": EXIT_PARTIAL}.get(report.status, EXIT_NOTHING_DONE)
-    except BatchInterrupted as interrupted:
-        report, code = interrupted.report, EXIT_INTERRUPTED
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        click.echo(
-            f"{report.done} of {report.documents} documents summarized ({report.summarized} this run, {report.reused} reused) "
-            f"in {report.seconds:.1f} s: {report.files.get('report')}"
-        )
-        for failure in report.failures:
-            click.echo(f"failed: {failure.source} ({failure.stage}): {failure.reason}", err=True)
-        if code == EXIT_INTERRUPTED:
-            click.echo("interrupted: run the same command again to finish the rest", err=True)
-    if code:
-        sys.exit(code)
+    click.echo("" if stream else answer.answer)
+    click.echo("\nSources:")
+    for source in answer.sources:
+        click.echo(f"  [{source.number}] {source.title} ({source.source}) score {source.score:.3f}")
 
 
 def main() -> None:

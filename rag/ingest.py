@@ -1,64 +1,495 @@
-"""Ingestion: load sources, split them, embed the chunks and index them in Chroma.
+"""Ingestion: load sources, split them, embed what is new and index it in Chroma.
+
+Indexing is incremental and idempotent:
+
+- a source whose bytes did not change is skipped without parsing or embedding;
+- a changed source gets its new chunks added and its old ones removed; a chunk
+  whose text is already in the collection (boilerplate repeated on every page,
+  a paragraph that moved) reuses that vector instead of being embedded again;
+- a source that fails to load keeps the chunks it had;
+- sources gone from a folder are removed only with ``prune=True``;
+- a run stopped at any point (Ctrl-C, ``kill -9``) leaves the sources it was
+  writing marked pending; the next run redoes them and ends with exactly the
+  chunks a clean run gives.
+
+Loading and splitting run ahead in a child process (see :mod:`rag.loader_process`)
+while this process embeds, so a hostile file costs at most ``source_timeout``.
 
 Example::
 
-    from rag.ingest import ingest
-    report = ingest(["data/"], Settings())
-    print(report.added, report.failures)
+    from rag.ingest import ingest, search
+    report = ingest(["notes/", "https://example.org/"], Settings(collection="notes"))
+    print(report.chunks_added, report.failures)
+    for doc, score in search("what is X?", k=4):
+        print(score, doc.metadata["source"])
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import os
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
-from rag.load import LoadFailure, load_sources
+from rag.errors import RagError
+from rag.load import LoadFailure, LoadOptions, expand_inputs, is_url, normalize_url
+from rag.loader_process import IsolatedLoader, LoadOutcome, LoadRequest, load_and_split
 from rag.settings import Settings
-from rag.split import split_documents
-from rag.store import open_store, require_nonempty, upsert_chunks
+from rag.split import build_splitter, splitter_profile
+from rag.store import (
+    EmptyStore,
+    IncompatibleCollection,
+    NotIndexed,
+    SourceEntry,
+    SourceRecord,
+    batched,
+    check_profile,
+    chunk_id,
+    chunks_of_source,
+    clean_metadata,
+    delete_chunks,
+    embedder_id,
+    open_client,
+    open_collection,
+    read_profile,
+    store_lock,
+    to_document,
+    vectors_for_hashes,
+    write_profile,
+)
 
 logger = logging.getLogger(__name__)
+
+EMBED_BATCH = 64  # chunks per embedding call: a progress step, and the unit written to Chroma
 
 
 @dataclass
 class IndexReport:
-    """What an ingest run did."""
+    """What an ingest (or forget) run did, in sources and in chunks."""
 
-    sources: int = 0
-    chunks: int = 0
-    added: int = 0
+    store: str = ""
+    collection: str = ""
+    sources: int = 0  # sources found under the inputs
+    sources_added: int = 0
+    sources_updated: int = 0
+    sources_skipped: int = 0  # unchanged
+    sources_deleted: int = 0
+    sources_failed: int = 0
+    chunks_added: int = 0
+    chunks_updated: int = 0  # same text, new place or title (no embedding)
+    chunks_skipped: int = 0  # already indexed as they are
+    chunks_deleted: int = 0
+    embedded: int = 0  # vectors computed this run
+    reused_vectors: int = 0  # new chunks whose text was already embedded
+    reindexed: bool = False
+    seconds: float = 0.0
     failures: list[LoadFailure] = field(default_factory=list)
 
+    @property
+    def chunks(self) -> int:
+        """Chunks the sources of this run now have in the collection."""
+        return self.chunks_added + self.chunks_updated + self.chunks_skipped
+
+    @property
+    def added(self) -> int:
+        return self.chunks_added
+
+    @property
+    def succeeded(self) -> int:
+        return self.sources_added + self.sources_updated + self.sources_skipped
+
+    @property
+    def nothing_done(self) -> bool:
+        """Something failed and nothing else happened (no source indexed, checked or removed)."""
+        return bool(self.failures) and self.succeeded == 0 and self.sources_deleted == 0
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data.update(chunks=self.chunks, added=self.added)
+        return data
 
 
-def ingest(inputs: Iterable[str | Path], settings: Settings | None = None, embeddings: Embeddings | None = None) -> IndexReport:
-    """Index files and folders into the configured collection."""
+def ingest(
+    inputs: Iterable[str | os.PathLike],
+    settings: Settings | None = None,
+    embeddings: Embeddings | None = None,
+    *,
+    prune: bool = False,
+    reindex: bool = False,
+    progress: bool = False,
+) -> IndexReport:
+    """Index files, folders and URLs into the configured collection.
+
+    Args:
+        inputs: paths of files or folders, and ``http(s)`` URLs.
+        settings: store, collection, splitter and loading limits; default ``Settings()``.
+        embeddings: the embedder; default the configured GPT4All model.
+        prune: also remove indexed sources that are no longer found under the folders given.
+        reindex: drop the collection first and rebuild it from ``inputs`` with the current
+            embedder and splitter (needed to change either on an existing collection).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        An :class:`IndexReport`; sources that failed are in ``report.failures`` with the reason.
+
+    Raises:
+        IncompatibleCollection: the collection was built with another embedder or splitter
+            (checked before anything is computed).
+        StoreBusy: another process is writing to the store.
+    """
+    started = time.monotonic()
     settings = settings or Settings()
+    build_splitter("text", settings.chunk_size, settings.chunk_overlap)  # bad splitter settings fail here
+    found = expand_inputs(inputs, settings.include, settings.exclude, settings.include_hidden)
+    report = IndexReport(store=str(settings.store_path), collection=settings.collection, sources=len(found.sources))
+    with store_lock(settings, "rag ingest"):
+        if embeddings is None:
+            from rag.embed import load_embeddings
+
+            embeddings = load_embeddings(settings)
+        run = _IngestRun(settings, embeddings, report, progress)
+        try:
+            run.prepare(reindex)
+            run.index(found.sources)
+            if prune:
+                run.prune(found.folders, found.missing, set(found.sources))
+        finally:
+            run.close()
+    missing_pruned = set(run.pruned_inputs)
+    report.failures[:0] = [failure for failure in found.failures if failure.source not in missing_pruned]
+    report.sources_failed = len([failure for failure in report.failures if failure.source in set(found.sources)])
+    report.seconds = round(time.monotonic() - started, 3)
+    logger.info(
+        "ingest: %d sources (%d added, %d updated, %d unchanged, %d deleted, %d failed); %d chunks added, %d embedded",
+        report.sources, report.sources_added, report.sources_updated, report.sources_skipped,
+        report.sources_deleted, report.sources_failed, report.chunks_added, report.embedded,
+    )  # fmt: skip
+    return report
+
+
+class _IngestRun:
+    """The state of one ingest: collection, record, loader, progress."""
+
+    def __init__(self, settings: Settings, embeddings: Embeddings, report: IndexReport, progress: bool) -> None:
+        self.settings = settings
+        self.embeddings = embeddings
+        self.report = report
+        self.options = LoadOptions.from_settings(settings)
+        self.profile = {"embedder": embedder_id(embeddings), **splitter_profile(settings.chunk_size, settings.chunk_overlap)}
+        self.client = open_client(settings)
+        self.collection = None
+        self.record = SourceRecord(settings)
+        self.limit = self.client.get_max_batch_size()
+        self.show_progress = progress
+        self.bar = None
+        self.pruned_inputs: list[str] = []
+
+    def prepare(self, reindex: bool) -> None:
+        if reindex:
+            self._drop_collection()
+            self.report.reindexed = True
+        self.collection = open_collection(self.settings, self.client)
+        check_profile(self.collection, self.profile)
+        write_profile(self.collection, self.profile)
+
+    def _drop_collection(self) -> None:
+        from chromadb.errors import NotFoundError
+
+        try:
+            self.client.delete_collection(self.settings.collection)
+            logger.info("dropped collection %r to re-index it", self.settings.collection)
+        except NotFoundError:
+            pass
+        self.record.drop_collection()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.record.close()
+
+    # --- indexing ---
+
+    def index(self, sources: list[str]) -> None:
+        if not sources:
+            return
+        if self.show_progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(sources), unit="source", desc="ingest", file=sys.stderr, dynamic_ncols=True)
+        requests = iter([self._request(source) for source in sources])
+        with contextlib.closing(_load_ahead(requests, self.settings)) as outcomes:
+            for outcome in outcomes:
+                if outcome.status == "failed":
+                    logger.warning("could not load %s: %s", outcome.source, outcome.reason)
+                    self.report.failures.append(LoadFailure(outcome.source, outcome.reason or "unknown error"))
+                elif outcome.status == "unchanged":
+                    self._skip(outcome.source)
+                else:
+                    self._index_source(outcome)
+                if self.bar is not None:
+                    self.bar.update(1)
+                    self.bar.set_postfix(embedded=self.report.embedded, failed=len(self.report.failures), refresh=False)
+
+    def _request(self, source: str) -> LoadRequest:
+        entry = self.record.get(source)
+        fresh = entry is not None and entry.state == "indexed" and entry.pipeline == self.options.signature
+        return LoadRequest(
+            source,
+            self.options,
+            self.settings.chunk_size,
+            self.settings.chunk_overlap,
+            known_hash=entry.content_hash if fresh else None,
+        )
+
+    def _skip(self, source: str) -> None:
+        entry = self.record.get(source)
+        self.record.mark_checked(source)
+        self.report.sources_skipped += 1
+        self.report.chunks_skipped += entry.chunks if entry else 0
+
+    def _index_source(self, outcome: LoadOutcome) -> None:
+        source = outcome.source
+        previous = self.record.get(source)
+        ids: list[str] = []
+        texts: list[str] = []
+        metadatas: list[dict] = []
+        occurrences: Counter[str] = Counter()
+        for text, metadata in outcome.chunks:
+            digest = metadata["chunk_hash"]
+            ids.append(chunk_id(source, digest, occurrences[digest]))
+            occurrences[digest] += 1
+            texts.append(text)
+            metadatas.append(clean_metadata({**metadata, "source": source}))
+        existing = chunks_of_source(self.collection, source)
+        new = [index for index, id_ in enumerate(ids) if id_ not in existing]
+        moved = [index for index, id_ in enumerate(ids) if id_ in existing and existing[id_] != metadatas[index]]
+        kept = set(ids)
+        stale = [id_ for id_ in existing if id_ not in kept]
+
+        self.record.mark_pending(source)  # until every write below is done
+        for group in batched(new, EMBED_BATCH):
+            self._add_chunks([ids[i] for i in group], [texts[i] for i in group], [metadatas[i] for i in group])
+        for group in batched(moved, self.limit):
+            self.collection.update(ids=[ids[i] for i in group], metadatas=[metadatas[i] for i in group])
+        delete_chunks(self.collection, stale, self.limit)
+        changed = bool(new or moved or stale)
+        self.record.mark_indexed(
+            source,
+            chunks=len(ids),
+            title=outcome.title,
+            kind=outcome.kind,
+            content_hash=outcome.content_hash or "",
+            pipeline=self.options.signature,
+            changed=changed,
+        )
+        report = self.report
+        if previous is None or previous.content_hash is None:
+            report.sources_added += 1
+        elif changed:
+            report.sources_updated += 1
+        else:
+            report.sources_skipped += 1
+        report.chunks_added += len(new)
+        report.chunks_updated += len(moved)
+        report.chunks_skipped += len(ids) - len(new) - len(moved)
+        report.chunks_deleted += len(stale)
+
+    def _add_chunks(self, ids: list[str], texts: list[str], metadatas: list[dict]) -> None:
+        """Embed the texts not embedded yet (each distinct text once) and write the chunks."""
+        hashes = [metadata["chunk_hash"] for metadata in metadatas]
+        vectors = vectors_for_hashes(self.collection, hashes)
+        reused = sum(1 for digest in hashes if digest in vectors)
+        missing: dict[str, str] = {}
+        for digest, text in zip(hashes, texts):
+            if digest not in vectors:
+                missing.setdefault(digest, text)
+        if missing:
+            computed = self.embeddings.embed_documents(list(missing.values()))
+            self._check_dimension(len(computed[0]))
+            vectors.update(zip(missing, computed))
+            self.report.embedded += len(computed)
+        self.report.reused_vectors += reused + (len(hashes) - reused - len(missing))
+        for group in batched(range(len(ids)), self.limit):
+            self.collection.upsert(
+                ids=[ids[i] for i in group],
+                embeddings=[vectors[hashes[i]] for i in group],
+                documents=[texts[i] for i in group],
+                metadatas=[metadatas[i] for i in group],
+            )
+        if self.bar is not None:
+            self.bar.set_postfix(embedded=self.report.embedded, failed=len(self.report.failures))
+
+    def _check_dimension(self, dimension: int) -> None:
+        recorded = read_profile(self.collection).get("dimension")
+        if recorded is None:
+            write_profile(self.collection, {"dimension": dimension})
+            self.collection = open_collection(self.settings, self.client)
+        elif recorded != dimension:
+            raise IncompatibleCollection(
+                f"collection {self.settings.collection!r} holds {recorded}-dimensional vectors but "
+                f"{self.profile['embedder']} makes {dimension}-dimensional ones: use another --collection or --reindex"
+            )
+
+    # --- pruning ---
+
+    def prune(self, folders: list[str], missing: list[str], found: set[str]) -> None:
+        """Remove sources under ``folders`` (or at ``missing`` paths) that this run did not find."""
+        for root in [*folders, *missing]:
+            gone = [entry for entry in self.record.entries(under=root) if entry.source not in found]
+            for entry in gone:
+                self._remove(entry)
+            if root in missing and gone:
+                self.pruned_inputs.append(root)
+
+    def _remove(self, entry: SourceEntry) -> None:
+        existing = chunks_of_source(self.collection, entry.source)
+        delete_chunks(self.collection, list(existing), self.limit)
+        self.record.delete(entry.source)
+        self.report.sources_deleted += 1
+        self.report.chunks_deleted += len(existing)
+        logger.info("removed %s (%d chunks)", entry.source, len(existing))
+
+
+def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator[LoadOutcome]:
+    """Load and split sources in a background thread (and child process), a couple ahead of the consumer."""
+    if not settings.isolate_loaders:
+        for request in requests:
+            yield load_and_split(request)
+        return
+    loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb)
+    results: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for request in requests:
+                if stop.is_set():
+                    return
+                outcome = loader.load(request)
+                while not stop.is_set():
+                    try:
+                        results.put(outcome, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            if not stop.is_set():
+                results.put(error)
+        finally:
+            if not stop.is_set():
+                results.put(done)
+
+    thread = threading.Thread(target=work, name="rag-loader", daemon=True)
+    thread.start()
+    finished = False
+    try:
+        while True:
+            item = results.get()
+            if item is done:
+                finished = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        if not finished:
+            loader.abort()  # stopped early (an error or Ctrl-C): do not wait for the current source
+        while thread.is_alive():
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.1)
+        loader.close()
+
+
+# --- reading the index ---------------------------------------------------------------------------------
+
+
+def search(
+    query: str, k: int = 4, settings: Settings | None = None, embeddings: Embeddings | None = None
+) -> list[tuple[Document, float]]:
+    """Top ``k`` chunks for ``query`` with their cosine similarity (1 = same direction).
+
+    Chunks with the same text (boilerplate on several pages) appear once, the best-scoring.
+    """
+    settings = settings or Settings()
+    collection = open_collection(settings, create=False)
+    if collection is None or collection.count() == 0:
+        raise EmptyStore(
+            f"nothing is indexed yet in collection {settings.collection!r} at {settings.store_path}: run `rag ingest PATH ...` first"
+        )
     if embeddings is None:
         from rag.embed import load_embeddings
 
         embeddings = load_embeddings(settings)
-    loaded = load_sources(inputs)
-    chunks = split_documents(loaded.documents, settings.chunk_size, settings.chunk_overlap)
-    store = open_store(settings, embeddings)
-    added = upsert_chunks(store, chunks)
-    return IndexReport(sources=len(loaded.sources), chunks=len(chunks), added=added, failures=loaded.failures)
+    check_profile(collection, {"embedder": embedder_id(embeddings)}, what="search")
+    vector = embeddings.embed_query(query)
+    found = collection.query(
+        query_embeddings=[vector], n_results=min(collection.count(), k * 3), include=["documents", "metadatas", "distances"]
+    )
+    hits: list[tuple[Document, float]] = []
+    seen: set[str] = set()
+    for text, metadata, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0]):
+        digest = (metadata or {}).get("chunk_hash") or text
+        if digest in seen:
+            continue
+        seen.add(digest)
+        hits.append((to_document(text, metadata or {}), 1.0 - float(distance)))
+        if len(hits) == k:
+            break
+    return hits
 
 
-def search(query: str, k: int = 4, settings: Settings | None = None, embeddings: Embeddings | None = None) -> list[tuple[Document, float]]:
-    """Top ``k`` chunks for ``query`` with their similarity (1 = identical)."""
+def list_sources(settings: Settings | None = None) -> list[SourceEntry]:
+    """What the collection holds: one entry per source (chunks, title, when last ingested)."""
     settings = settings or Settings()
-    if embeddings is None:
-        from rag.embed import load_embeddings
+    if not (settings.store_path / "rag-sources.sqlite3").exists():
+        return []
+    with SourceRecord(settings) as record:
+        return record.entries()
 
-        embeddings = load_embeddings(settings)
-    store = open_store(settings, embeddings)
-    require_nonempty(store, settings)
-    return [(doc, 1.0 - distance) for doc, distance in store.similarity_search_with_score(query, k=k)]
+
+def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexReport:
+    """Remove sources' chunks from the collection.
+
+    Each item is a URL, a file path, or a folder (every source below it). Raises
+    :class:`NotIndexed` if one matches nothing.
+    """
+    settings = settings or Settings()
+    started = time.monotonic()
+    report = IndexReport(store=str(settings.store_path), collection=settings.collection)
+    with store_lock(settings, "rag forget"), SourceRecord(settings) as record:
+        client = open_client(settings)
+        collection = open_collection(settings, client, create=False)
+        limit = client.get_max_batch_size()
+        for item in sources:
+            key = normalize_url(item) if is_url(item) else str(Path(item).expanduser().resolve(strict=False))
+            entries = record.entries(under=key)
+            in_chroma = chunks_of_source(collection, key) if collection is not None else {}
+            if not entries and not in_chroma:
+                raise NotIndexed(f"not indexed in collection {settings.collection!r}: {key} (see `rag sources`)")
+            targets = {entry.source for entry in entries} | ({key} if in_chroma else set())
+            for source in sorted(targets):
+                ids = list(chunks_of_source(collection, source)) if collection is not None else []
+                if ids:
+                    delete_chunks(collection, ids, limit)
+                record.delete(source)
+                report.sources_deleted += 1
+                report.chunks_deleted += len(ids)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+__all__ = ["IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]

@@ -69,11 +69,19 @@ class Settings(BaseSettings):
     chunk_size: int = Field(500, ge=1, description="Characters per chunk.")
     chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
-    prompt: str | None = Field(
-        None, description="Prompt name or family (chatml, rlm/rag-prompt, hub:OWNER/NAME); default: detected from the model."
-    )
-    history_turns: int = Field(4, ge=0, description="Chat exchanges kept as context for follow-up questions.")
+    prompt: str | None = Field(None, description="Prompt name or family; default: detected from the model.")
     allow_private_network: bool = Field(False, description="Allow URLs on loopback and private networks.")
+
+    # Ingestion: what is read, and the limits on reading it
+    include: list[str] = Field(default_factory=list, description="Globs a folder's files must match (name, or path with '/').")
+    exclude: list[str] = Field(default_factory=list, description="Globs of files and folders to leave out.")
+    include_hidden: bool = Field(False, description="Also read hidden files and folders (names starting with '.').")
+    strip_boilerplate: bool = Field(True, description="Drop web page navigation, headers, footers and sidebars.")
+    max_source_bytes: int = Field(20_000_000, ge=1, description="Largest file or web response read, in bytes.")
+    source_timeout: float = Field(60.0, gt=0, description="Seconds allowed to load and split one source.")
+    fetch_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a web server to connect or send data.")
+    loader_memory_mb: int = Field(2048, ge=0, description="Address-space cap of the loader process in MB (0: none).")
+    isolate_loaders: bool = Field(True, description="Load sources in a child process, so limits can be enforced.")
 
     def __init__(self, **values: Any) -> None:
         config = os.environ.get("RAG_CONFIG")

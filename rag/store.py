@@ -1,4 +1,10 @@
-"""The Chroma vector store on disk.
+"""The Chroma vector store on disk, and the bookkeeping beside it.
+
+A store is a folder holding a Chroma ``PersistentClient`` (one collection per
+name), ``rag-sources.sqlite3`` (which sources each collection holds, their
+content hashes and chunk counts) and ``rag-write.lock`` (one writer at a time).
+Each collection's metadata records the embedder and the splitter settings it
+was built with; :func:`check_profile` refuses to mix others in.
 
 Example::
 
@@ -9,7 +15,19 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import hashlib
+import json
 import logging
+import os
+import re
+import socket
+import sqlite3
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -19,9 +37,28 @@ from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+RECORD_FILE = "rag-sources.sqlite3"
+LOCK_FILE = "rag-write.lock"
+PROFILE_PREFIX = "rag:"
+
 
 class EmptyStore(RagError, LookupError):
     """Nothing is indexed in the collection yet."""
+
+
+class IncompatibleCollection(RagError):
+    """The collection was built with another embedder or splitter."""
+
+
+class StoreBusy(RagError):
+    """Another process is writing to the store."""
+
+
+class NotIndexed(RagError, LookupError):
+    """The source named is not in the collection."""
+
+
+# --- Chroma -----------------------------------------------------------------------------------------
 
 
 def open_client(settings: Settings):
@@ -33,36 +70,312 @@ def open_client(settings: Settings):
     return chromadb.PersistentClient(path=str(settings.store_path), settings=ChromaSettings(anonymized_telemetry=False))
 
 
+def check_collection_name(name: str) -> None:
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]", name) or ".." in name:
+        raise RagError(
+            f"bad collection name {name!r}: use 3-512 letters, digits, '.', '_' or '-', starting and ending with a letter or digit"
+        )
+
+
+def open_collection(settings: Settings, client=None, *, create: bool = True):
+    """The raw Chroma collection (cosine distance); ``None`` if missing and ``create`` is off."""
+    check_collection_name(settings.collection)
+    client = client or open_client(settings)
+    if create:
+        return client.get_or_create_collection(settings.collection, metadata={"hnsw:space": "cosine"})
+    from chromadb.errors import NotFoundError
+
+    try:
+        return client.get_collection(settings.collection)
+    except NotFoundError:
+        return None
+
+
 def open_store(settings: Settings, embeddings: Embeddings):
-    """The collection as a LangChain ``Chroma`` vector store (cosine distance)."""
+    """The collection as a LangChain ``Chroma`` vector store (cosine distance).
+
+    Raises :class:`IncompatibleCollection` when it was indexed with another embedder.
+    """
     from langchain_chroma import Chroma
 
+    client = open_client(settings)
+    collection = open_collection(settings, client)
+    check_profile(collection, embedder_profile(embeddings), what="search")
     return Chroma(
-        client=open_client(settings),
+        client=client,
         collection_name=settings.collection,
         embedding_function=embeddings,
         collection_metadata={"hnsw:space": "cosine"},
     )
 
 
-def chunk_id(chunk: Document) -> str:
-    """A stable id: the same chunk of the same source always gets the same id."""
-    meta = chunk.metadata
-    return f"{meta['source']}#{meta.get('start_index', 0)}:{meta['chunk_hash'][:16]}"
-
-
-def upsert_chunks(store, chunks: list[Document], batch_size: int | None = None) -> int:
-    """Write chunks with stable ids in batches Chroma accepts; returns the number written."""
-    limit = batch_size or store._client.get_max_batch_size()
-    for start in range(0, len(chunks), limit):
-        batch = chunks[start : start + limit]
-        store.add_documents(batch, ids=[chunk_id(chunk) for chunk in batch])
-    return len(chunks)
-
-
 def require_nonempty(store, settings: Settings) -> None:
-    if store._collection.count() == 0:
+    """Raise :class:`EmptyStore` when the collection (LangChain ``Chroma`` or raw) holds nothing."""
+    collection = getattr(store, "_collection", store)
+    if collection is None or collection.count() == 0:
         raise EmptyStore(
             f"nothing is indexed yet in collection {settings.collection!r} at {settings.store_path}: "
             "run `rag ingest PATH ...` first"
         )
+
+
+# --- what a collection records about how it was built -----------------------------------------------
+
+
+def embedder_id(embeddings: Embeddings) -> str:
+    """A name for an embedding model, recorded with each collection."""
+    name = type(embeddings).__name__
+    for attribute in ("model_name", "model", "model_id", "size"):
+        value = getattr(embeddings, attribute, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+            return f"{name}:{value}"
+    return name
+
+
+def embedder_profile(embeddings: Embeddings) -> dict[str, object]:
+    return {"embedder": embedder_id(embeddings)}
+
+
+def read_profile(collection) -> dict[str, object]:
+    metadata = collection.metadata or {}
+    return {key[len(PROFILE_PREFIX) :]: value for key, value in metadata.items() if key.startswith(PROFILE_PREFIX)}
+
+
+def check_profile(collection, wanted: dict[str, object], what: str = "ingest") -> None:
+    """Raise :class:`IncompatibleCollection` if ``collection`` was built with other settings than ``wanted``.
+
+    Only the keys in ``wanted`` are compared (search needs the same embedder, not the
+    same splitter). A collection with chunks but no profile (made by an older
+    version) is refused too: nothing says what its vectors mean.
+    """
+    recorded = read_profile(collection)
+    if not recorded:
+        if collection.count() == 0:
+            return
+        raise IncompatibleCollection(
+            f"collection {collection.name!r} has {collection.count()} chunks but no record of the embedder and "
+            "splitter that made them (an older version built it). Rebuild it with `rag ingest --reindex PATH ...`"
+        )
+    differences = [
+        f"{key} {recorded.get(key)!r} (this {what}: {value!r})"
+        for key, value in wanted.items()
+        if recorded.get(key) != value
+    ]
+    if differences:
+        advice = "use the same settings, another --collection"
+        advice += ", or rebuild it with `rag ingest --reindex PATH ...`" if what == "ingest" else " or re-index it"
+        raise IncompatibleCollection(
+            f"collection {collection.name!r} was indexed with " + ", ".join(differences) + "; mixing them would make "
+            f"search meaningless: {advice}"
+        )
+
+
+def write_profile(collection, profile: dict[str, object]) -> None:
+    """Record ``profile`` (merged into what is there) in the collection's metadata."""
+    current = {key: value for key, value in (collection.metadata or {}).items() if not key.startswith("hnsw:")}
+    merged = {**current, **{PROFILE_PREFIX + key: value for key, value in profile.items()}}
+    if merged != current:
+        collection.modify(metadata=merged)  # the distance function stays in the collection's configuration
+
+
+# --- chunks -----------------------------------------------------------------------------------------
+
+
+def chunk_id(source: str, chunk_hash: str, occurrence: int = 0) -> str:
+    """A stable id: the same text at the same place in the order of a source's equal chunks."""
+    return hashlib.sha256(f"{source}\0{chunk_hash}\0{occurrence}".encode()).hexdigest()[:32]
+
+
+def batched(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def chunks_of_source(collection, source: str) -> dict[str, dict]:
+    """{chunk id: metadata} of one source's chunks in the collection."""
+    found = collection.get(where={"source": source}, include=["metadatas"])
+    return dict(zip(found["ids"], found["metadatas"] or [{}] * len(found["ids"])))
+
+
+def vectors_for_hashes(collection, hashes: Iterable[str], batch: int = 500) -> dict[str, list[float]]:
+    """Vectors already in the collection for chunk texts with these hashes (each text embedded once)."""
+    wanted = sorted(set(hashes))
+    found: dict[str, list[float]] = {}
+    for group in batched(wanted, batch):
+        result = collection.get(where={"chunk_hash": {"$in": list(group)}}, include=["embeddings", "metadatas"])
+        for metadata, vector in zip(result["metadatas"] or [], result["embeddings"] if result["embeddings"] is not None else []):
+            found.setdefault(metadata["chunk_hash"], [float(value) for value in vector])
+    return found
+
+
+def delete_chunks(collection, ids: Sequence[str], limit: int) -> None:
+    for group in batched(list(ids), limit):
+        collection.delete(ids=list(group))
+
+
+def clean_metadata(metadata: dict) -> dict:
+    """Chroma stores only str/int/float/bool values."""
+    return {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool))}
+
+
+def to_document(text: str, metadata: dict) -> Document:
+    return Document(page_content=text, metadata=dict(metadata))
+
+
+# --- the record of indexed sources --------------------------------------------------------------------
+
+
+@dataclass
+class SourceEntry:
+    source: str
+    state: str  # "indexed", or "pending" while (or if a crash left it) being written
+    chunks: int = 0
+    title: str | None = None
+    kind: str | None = None
+    content_hash: str | None = None  # of the raw bytes last indexed
+    pipeline: str | None = None  # loader settings that produced the chunks
+    ingested_at: str | None = None  # when its chunks last changed
+    checked_at: str | None = None  # when it was last seen unchanged or indexed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SourceRecord:
+    """Which sources each collection holds (SQLite beside the Chroma files).
+
+    A source is marked ``pending`` before its chunks are written and ``indexed``
+    with its new hash after, so a run killed half-way leaves it pending and the
+    next run re-does it.
+    """
+
+    _COLUMNS = ("source", "state", "chunks", "title", "kind", "content_hash", "pipeline", "ingested_at", "checked_at")
+
+    def __init__(self, settings: Settings) -> None:
+        settings.store_path.mkdir(parents=True, exist_ok=True)
+        self.collection = settings.collection
+        self.db = sqlite3.connect(settings.store_path / RECORD_FILE, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS sources ("
+            " collection TEXT NOT NULL, source TEXT NOT NULL, state TEXT NOT NULL, chunks INTEGER NOT NULL DEFAULT 0,"
+            " title TEXT, kind TEXT, content_hash TEXT, pipeline TEXT, ingested_at TEXT, checked_at TEXT,"
+            " PRIMARY KEY (collection, source))"
+        )
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> SourceRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, source: str) -> SourceEntry | None:
+        row = self.db.execute(
+            f"SELECT {', '.join(self._COLUMNS)} FROM sources WHERE collection = ? AND source = ?", (self.collection, source)
+        ).fetchone()
+        return SourceEntry(*row) if row else None
+
+    def entries(self, under: str | None = None) -> list[SourceEntry]:
+        """All entries, or those whose source is ``under`` (itself or below it, as a path or URL prefix)."""
+        rows = self.db.execute(
+            f"SELECT {', '.join(self._COLUMNS)} FROM sources WHERE collection = ? ORDER BY source", (self.collection,)
+        ).fetchall()
+        found = [SourceEntry(*row) for row in rows]
+        if under is None:
+            return found
+        prefix = under.rstrip("/" + os.sep)
+        return [
+            entry for entry in found if entry.source == under or entry.source.startswith(prefix + os.sep) or entry.source.startswith(prefix + "/")
+        ]
+
+    def mark_pending(self, source: str) -> None:
+        self.db.execute(
+            "INSERT INTO sources (collection, source, state) VALUES (?, ?, 'pending')"
+            " ON CONFLICT (collection, source) DO UPDATE SET state = 'pending'",
+            (self.collection, source),
+        )
+
+    def mark_indexed(self, source: str, *, chunks: int, title: str | None, kind: str | None, content_hash: str, pipeline: str, changed: bool) -> None:
+        now = _now()
+        previous = self.get(source)
+        ingested_at = now if changed or previous is None or previous.ingested_at is None else previous.ingested_at
+        self.db.execute(
+            "INSERT OR REPLACE INTO sources (collection, source, state, chunks, title, kind, content_hash, pipeline, ingested_at, checked_at)"
+            " VALUES (?, ?, 'indexed', ?, ?, ?, ?, ?, ?, ?)",
+            (self.collection, source, chunks, title, kind, content_hash, pipeline, ingested_at, now),
+        )
+
+    def mark_checked(self, source: str) -> None:
+        self.db.execute("UPDATE sources SET checked_at = ? WHERE collection = ? AND source = ?", (_now(), self.collection, source))
+
+    def delete(self, source: str) -> None:
+        self.db.execute("DELETE FROM sources WHERE collection = ? AND source = ?", (self.collection, source))
+
+    def drop_collection(self) -> None:
+        self.db.execute("DELETE FROM sources WHERE collection = ?", (self.collection,))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- one writer at a time -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def store_lock(settings: Settings, purpose: str) -> Iterator[None]:
+    """Hold the store's write lock; raise :class:`StoreBusy` naming the holder if it is taken.
+
+    The lock is the operating system's (``flock``), so a killed holder releases it.
+    """
+    settings.store_path.mkdir(parents=True, exist_ok=True)
+    path = settings.store_path / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: a lock without the holder's details
+        import filelock
+
+        try:
+            with filelock.FileLock(str(path) + ".filelock", timeout=0):
+                yield
+        except filelock.Timeout:
+            raise StoreBusy(f"store {settings.store_path} is being written by another process; wait for it to finish") from None
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreBusy(
+                f"store {settings.store_path} is being written by {_describe_holder(fd)}; "
+                "wait for it to finish (or stop it) and try again"
+            ) from None
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "purpose": purpose,
+            "command": " ".join(sys.argv)[:300],
+            "since": _now(),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _describe_holder(fd: int) -> str:
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        holder = {}
+    if not holder.get("pid"):
+        return "another process (just starting)"
+    return f"{holder.get('purpose', 'another process')} (pid {holder['pid']} on {holder.get('host', '?')}, since {holder.get('since', '?')}: {holder.get('command', '')})"

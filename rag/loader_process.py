@@ -1,0 +1,365 @@
+"""Loading and splitting sources in a child process with a time limit and a memory cap.
+
+Parsers meet hostile input (deeply nested HTML, damaged PDFs, servers that
+trickle bytes forever). Running them in a child process lets the parent enforce
+a per-source wall-clock limit (the child is killed and replaced) and an
+address-space cap (``RLIMIT_AS``), and keeps a crash in a parser from taking the
+ingest run down. Children are reused between sources and between runs in one
+process; they exit with it.
+
+Example::
+
+    from rag.loader_process import LoadRequest, load_isolated
+    result = load_isolated(LoadRequest("/notes/a.md", LoadOptions()), timeout=60, memory_mb=2048)
+    result.status, result.reason, len(result.chunks)
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.load import LoadOptions
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("!Q")
+_memory_limit_mb = 0  # set in the child
+_reserve: bytearray | None = None  # set in the child: memory to give back when it runs out
+
+
+def _release_reserve() -> None:
+    global _reserve
+    _reserve = None
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    source: str
+    options: LoadOptions
+    chunk_size: int = 500
+    chunk_overlap: int = 0
+    known_hash: str | None = None  # skip parsing when the bytes still hash to this
+
+
+@dataclass
+class LoadOutcome:
+    """``status`` is ``loaded``, ``unchanged`` or ``failed`` (then ``reason`` says why)."""
+
+    source: str
+    status: str
+    content_hash: str | None = None
+    kind: str | None = None
+    title: str | None = None
+    chunks: list[tuple[str, dict]] = field(default_factory=list)
+    reason: str | None = None
+    retire: bool = False  # the process that made this should not be reused (its memory is spent)
+
+
+def load_and_split(request: LoadRequest) -> LoadOutcome:
+    """Read, parse and split one source (in whatever process calls it); never raises for bad input."""
+    from rag.errors import RagError
+    from rag.load import parse_source, read_source
+    from rag.split import split_documents
+
+    try:
+        raw = read_source(request.source, request.options)
+        if request.known_hash is not None and raw.content_hash == request.known_hash:
+            return LoadOutcome(request.source, "unchanged", content_hash=raw.content_hash)
+        loaded = parse_source(raw, request.options)
+        del raw
+        chunks = split_documents(loaded.documents, request.chunk_size, request.chunk_overlap)
+        return LoadOutcome(
+            request.source,
+            "loaded",
+            content_hash=loaded.content_hash,
+            kind=loaded.kind,
+            title=loaded.title,
+            chunks=[(chunk.page_content, chunk.metadata) for chunk in chunks],
+        )
+    except RagError as error:
+        return LoadOutcome(request.source, "failed", reason=str(error))
+    except MemoryError:
+        _release_reserve()
+        limit = f"the {_memory_limit_mb} MB limit" if _memory_limit_mb else "memory"
+        reason = f"ran out of memory while loading ({limit}: loader_memory_mb)"
+        return LoadOutcome(request.source, "failed", reason=reason, retire=True)
+    except RecursionError:
+        return LoadOutcome(request.source, "failed", reason="structure nested too deeply to parse")
+    except Exception as error:  # a parser bug on odd input: report it as this source's failure
+        logger.debug("loader error on %s", request.source, exc_info=True)
+        return LoadOutcome(request.source, "failed", reason=f"unexpected {type(error).__name__}: {str(error)[:300]}")
+
+
+class LoaderCrashed(RuntimeError):
+    pass
+
+
+class LoaderProcess:
+    """One child running :func:`load_and_split` on request."""
+
+    def __init__(self, memory_mb: int) -> None:
+        self.memory_mb = memory_mb
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        quiet = not logging.getLogger("rag").isEnabledFor(logging.DEBUG)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rag.loader_process", str(memory_mb)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL if quiet else None,
+            env=env,
+            close_fds=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def run(self, request: LoadRequest, timeout: float) -> LoadOutcome:
+        """Send one request and wait for its result at most ``timeout`` seconds.
+
+        Raises ``TimeoutError`` (the child is then killed) or :class:`LoaderCrashed`.
+        """
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.process.stdin.write(_HEADER.pack(len(payload)) + payload)
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise LoaderCrashed(self._death()) from None
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        header = _read_exact(fd, _HEADER.size, deadline)
+        if header is None:
+            self.kill()
+            raise TimeoutError
+        if not header:
+            raise LoaderCrashed(self._death())
+        (size,) = _HEADER.unpack(header)
+        body = _read_exact(fd, size, deadline + 30)  # the answer is on its way; allow it to arrive
+        if not body:
+            self.kill()
+            raise LoaderCrashed("loader process stopped while answering")
+        return pickle.loads(body)
+
+    def _death(self) -> str:
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "loader process stopped answering"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"loader process was killed by {name} (a crash, or out of memory{self._limit_note()})"
+        return f"loader process exited with status {code} (out of memory{self._limit_note()}?)"
+
+    def _limit_note(self) -> str:
+        return f": the {self.memory_mb} MB limit, loader_memory_mb" if self.memory_mb else ""
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.close()  # the child's loop ends at EOF
+                self.process.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
+    """``size`` bytes from ``fd``; ``b""`` at end of file, ``None`` past the deadline."""
+    parts: list[bytes] = []
+    remaining = size
+    while remaining:
+        wait = deadline - time.monotonic()
+        if wait <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], wait)
+        if not ready:
+            return None
+        part = os.read(fd, min(remaining, 1 << 20))
+        if not part:
+            return b""
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)
+
+
+# --- a small pool, so runs and tests do not pay the child's start-up for every source ------------
+
+_idle: list[LoaderProcess] = []
+_idle_lock = threading.Lock()
+
+
+def _borrow(memory_mb: int) -> LoaderProcess:
+    with _idle_lock:
+        while _idle:
+            process = _idle.pop()
+            if process.alive() and process.memory_mb == memory_mb:
+                return process
+            process.close()
+    return LoaderProcess(memory_mb)
+
+
+def _give_back(process: LoaderProcess) -> None:
+    if not process.alive():
+        return
+    with _idle_lock:
+        _idle.append(process)
+
+
+@atexit.register
+def shutdown() -> None:
+    """Stop the idle loader processes (done at exit anyway)."""
+    with _idle_lock:
+        processes = list(_idle)
+        _idle.clear()
+    for process in processes:
+        process.close()
+
+
+class IsolatedLoader:
+    """Runs :func:`load_and_split` for one request at a time in a pooled child process.
+
+    ``abort()`` may be called from another thread: it kills the child mid-request.
+    """
+
+    def __init__(self, timeout: float, memory_mb: int) -> None:
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self._process: LoaderProcess | None = None
+        self._lock = threading.Lock()
+        self._aborted = False
+
+    def load(self, request: LoadRequest) -> LoadOutcome:
+        with self._lock:
+            if self._aborted:
+                raise LoaderCrashed("loading was stopped")
+            if self._process is None or not self._process.alive():
+                self._process = _borrow(self.memory_mb)
+            process = self._process
+        try:
+            outcome = process.run(request, self.timeout)
+            if outcome.retire:
+                self._forget(process)
+            return outcome
+        except TimeoutError:
+            self._forget(process)
+            return LoadOutcome(request.source, "failed", reason=f"took longer than the {self.timeout:g} s per-source limit (source_timeout)")
+        except LoaderCrashed as error:
+            self._forget(process)
+            if self._aborted:
+                raise
+            return LoadOutcome(request.source, "failed", reason=str(error))
+        except (OSError, ValueError):  # the pipes were closed under us by abort()
+            self._forget(process)
+            if self._aborted:
+                raise LoaderCrashed("loading was stopped") from None
+            raise
+
+    def _forget(self, process: LoaderProcess) -> None:
+        process.kill()
+        with self._lock:
+            if self._process is process:
+                self._process = None
+
+    def abort(self) -> None:
+        with self._lock:
+            self._aborted = True
+            process, self._process = self._process, None
+        if process is not None:
+            process.kill()
+
+    def close(self) -> None:
+        """Return the idle child to the pool for the next run."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None:
+            _give_back(process)
+
+    def __enter__(self) -> IsolatedLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_isolated(request: LoadRequest, timeout: float, memory_mb: int) -> LoadOutcome:
+    """:func:`load_and_split` in a child process, killed after ``timeout`` seconds."""
+    with IsolatedLoader(timeout, memory_mb) as loader:
+        return loader.load(request)
+
+
+# --- the child ------------------------------------------------------------------------------------
+
+
+def _child_main(memory_mb: int) -> None:
+    import importlib
+    import warnings
+
+    global _memory_limit_mb, _reserve
+
+    warnings.simplefilter("ignore")
+    # Import the parsers before capping memory, so the cap measures the work, not the imports.
+    for module in ("bs4", "charset_normalizer", "pypdf", "requests", "langchain_text_splitters", "rag.load", "rag.split", "rag.web"):
+        importlib.import_module(module)
+    if memory_mb > 0:
+        try:
+            import resource
+
+            limit = memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+            _memory_limit_mb = memory_mb
+        except (ImportError, ValueError, OSError):
+            pass
+    # Keep the protocol's stdout apart from anything a library might print.
+    protocol_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    protocol_in = sys.stdin.buffer
+    _reserve = bytearray(8 << 20)  # freed when memory runs out, so the failure can still be reported
+    while True:
+        header = protocol_in.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return
+        (size,) = _HEADER.unpack(header)
+        request = pickle.loads(protocol_in.read(size))
+        try:
+            outcome = load_and_split(request)
+            payload = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        except MemoryError:
+            _release_reserve()
+            reason = f"ran out of memory while loading (the {memory_mb} MB limit: loader_memory_mb)"
+            payload = pickle.dumps(LoadOutcome(request.source, "failed", reason=reason, retire=True))
+        protocol_out.write(_HEADER.pack(len(payload)) + payload)
+        protocol_out.flush()
+
+
+if __name__ == "__main__":
+    # Run the imported module's copy, so results pickle as rag.loader_process classes, not __main__ ones.
+    from rag.loader_process import _child_main as child_main
+
+    child_main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

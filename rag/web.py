@@ -1,0 +1,262 @@
+"""Fetching web pages safely: http(s) only, bounded in time and size, every address checked.
+
+Known ways a document fetcher gets turned against its host (SSRF through
+LangChain's recursive URL loader, CVE-2023-46229 and CVE-2024-0243; redirects
+to internal addresses followed by ``requests``) are closed here:
+
+- only ``http`` and ``https`` URLs;
+- the host's addresses are checked before connecting, and the address actually
+  connected to is checked again (so DNS rebinding between the two cannot slip
+  through);
+- redirects are followed by hand, each hop checked the same way;
+- link-local and cloud-metadata addresses are always refused; loopback and
+  private ranges only when the caller opts in (``allow_private_network``);
+- connect/read timeouts, an overall deadline and a maximum body size (counted
+  after decompression); proxies and ``.netrc`` from the environment are ignored.
+
+Example::
+
+    from rag.web import FetchPolicy, fetch
+    page = fetch("https://example.org/", FetchPolicy(max_bytes=5_000_000))
+    page.url, page.content_type, page.charset, len(page.body)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+from rag.errors import RagError
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "rag/0.1 (local document ingest)"
+REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+
+# Never reachable, whatever the user allows: link-local (cloud metadata lives
+# there), the metadata services' other addresses, and addresses that are not
+# hosts at all (unspecified, multicast, reserved, broadcast).
+ALWAYS_BLOCKED = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8",
+        "169.254.0.0/16",  # link-local; AWS/GCP/Azure/Oracle metadata 169.254.169.254
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "168.63.129.16/32",  # Azure wireserver
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "255.255.255.255/32",
+        "::/128",
+        "fe80::/10",  # IPv6 link-local
+        "fd00:ec2::254/128",  # AWS metadata over IPv6
+        "fd20:ce::254/128",  # GCP metadata over IPv6
+        "ff00::/8",
+    )
+)
+
+
+class FetchError(RagError):
+    """A URL could not be fetched; the message says why."""
+
+
+class BlockedAddress(FetchError):
+    """The URL points at an address this fetcher refuses to reach."""
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for one fetch."""
+
+    allow_private_network: bool = False
+    max_bytes: int = 20_000_000
+    timeout: float = 15.0  # connect and read, each
+    deadline: float = 60.0  # whole fetch, redirects included
+    max_redirects: int = 5
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    url: str  # after redirects
+    status: int
+    content_type: str  # lower case, without parameters, e.g. "text/html"
+    charset: str | None  # from the Content-Type header, if any
+    body: bytes
+
+
+def check_address(address: str, allow_private_network: bool) -> None:
+    """Raise :class:`BlockedAddress` unless ``address`` (an IP literal) may be reached."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if any(ip in network for network in ALWAYS_BLOCKED):
+        raise BlockedAddress(f"refusing to connect to {ip}: link-local, cloud-metadata or reserved address")
+    if not ip.is_global and not allow_private_network:
+        raise BlockedAddress(
+            f"refusing to connect to {ip}: loopback or private network address. "
+            "Allow it with --allow-private-network (RAG_ALLOW_PRIVATE_NETWORK=1) if you trust the URL"
+        )
+
+
+def check_url(url: str, allow_private_network: bool) -> tuple[str, int]:
+    """Check scheme and every address the host resolves to; returns (host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise FetchError(f"unsupported URL scheme {parts.scheme or '(none)'!r} in {url}: only http and https")
+    if not parts.hostname:
+        raise FetchError(f"no host in URL {url}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise FetchError(f"bad port in URL {url}: {error}") from None
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as error:
+        raise FetchError(f"cannot resolve host {parts.hostname!r}: {error}") from None
+    for info in infos:
+        try:
+            check_address(info[4][0], allow_private_network)
+        except BlockedAddress as error:
+            raise BlockedAddress(f"{url}: {error}") from None
+    return parts.hostname, port
+
+
+def _guarded_session(policy: FetchPolicy):
+    """A ``requests`` session whose every new connection checks the peer's address."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def checked(connection_class):
+        class Checked(connection_class):
+            def _new_conn(self):
+                sock = super()._new_conn()
+                try:
+                    check_address(sock.getpeername()[0], policy.allow_private_network)
+                except BlockedAddress:
+                    sock.close()
+                    raise
+                return sock
+
+        return Checked
+
+    class CheckedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = checked(HTTPConnection)
+
+    class CheckedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = checked(HTTPSConnection)
+
+    class CheckedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": CheckedHTTPPool, "https": CheckedHTTPSPool}
+
+    session = requests.Session()
+    session.trust_env = False  # no proxies or .netrc from the environment
+    session.headers["User-Agent"] = USER_AGENT
+    session.mount("http://", CheckedAdapter(max_retries=0))
+    session.mount("https://", CheckedAdapter(max_retries=0))
+    return session
+
+
+def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedPage:
+    """Fetch one URL within ``policy``; raises :class:`FetchError` with the reason."""
+    import requests
+
+    policy = policy or FetchPolicy()
+    deadline = time.monotonic() + policy.deadline
+    with _guarded_session(policy) as session:
+        current = url
+        for _hop in range(policy.max_redirects + 1):
+            check_url(current, policy.allow_private_network)
+            try:
+                response = session.get(current, stream=True, allow_redirects=False, timeout=(policy.timeout, policy.timeout))
+            except BlockedAddress as error:
+                raise BlockedAddress(f"{current}: {error}") from None
+            except requests.exceptions.ConnectionError as error:
+                blocked = _find_cause(error, BlockedAddress)
+                if blocked is not None:
+                    raise BlockedAddress(f"{current}: {blocked}") from None
+                raise FetchError(f"cannot connect to {current}: {_short(error)}") from None
+            except requests.exceptions.Timeout:
+                raise FetchError(f"timed out after {policy.timeout:g} s waiting for {current}") from None
+            except requests.exceptions.RequestException as error:
+                raise FetchError(f"fetching {current} failed: {_short(error)}") from None
+            with response:
+                if response.status_code in REDIRECT_STATUSES and response.headers.get("Location"):
+                    target = urljoin(current, response.headers["Location"])
+                    logger.debug("redirect %s -> %s", current, target)
+                    current = target
+                    continue
+                if response.status_code >= 400:
+                    raise FetchError(f"HTTP {response.status_code} {response.reason} for {current}")
+                body = _read_limited(response, policy, deadline, current)
+                content_type, charset = _parse_content_type(response.headers.get("Content-Type", ""))
+                return FetchedPage(current, response.status_code, content_type, charset, body)
+        raise FetchError(f"too many redirects (more than {policy.max_redirects}) from {url}")
+
+
+def _read_limited(response, policy: FetchPolicy, deadline: float, url: str) -> bytes:
+    import requests
+    import urllib3
+
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > policy.max_bytes:
+        raise FetchError(f"{url} is {int(declared) / 1e6:.1f} MB, over the {policy.max_bytes / 1e6:.1f} MB limit (max_source_bytes)")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            part = response.raw.read1(65536, decode_content=True)  # returns what has arrived, not a full block
+            if not part:
+                break
+            size += len(part)
+            if size > policy.max_bytes:
+                raise FetchError(f"{url} is larger than the {policy.max_bytes / 1e6:.1f} MB limit (max_source_bytes)")
+            if time.monotonic() > deadline:
+                raise FetchError(f"{url} took longer than {policy.deadline:g} s to download")
+            parts.append(part)
+    except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as error:
+        raise FetchError(f"reading {url} failed: {_short(error)}") from None
+    return b"".join(parts)
+
+
+def _parse_content_type(header: str) -> tuple[str, str | None]:
+    kind, _, params = header.partition(";")
+    charset = None
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "charset" and value:
+            charset = value.strip().strip("\"'").lower()
+    return kind.strip().lower(), charset
+
+
+def _find_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen = set()
+    stack = [error]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        stack.extend(item for item in (current.__cause__, current.__context__, *current.args) if isinstance(item, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            stack.append(reason)
+    return None
+
+
+def _short(error: BaseException) -> str:
+    text = str(error)
+    return text if len(text) <= 200 else text[:200] + "..."

@@ -1,0 +1,119 @@
+"""A real HTTP server on 127.0.0.1 for the web-loading tests.
+
+Routes map a path to a response, or to a function that writes one itself
+(redirects, slow or oversized bodies)::
+
+    with LocalSite({"/a.html": Page(b"<html>...</html>")}) as site:
+        site.url("/a.html")
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Page:
+    body: bytes
+    content_type: str = "text/html; charset=utf-8"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def redirect(location: str, status: int = 302) -> Page:
+    return Page(b"", status=status, headers={"Location": location})
+
+
+def trickle(seconds: float, content_type: str = "text/html") -> Callable:
+    """A response that sends one byte every 0.2 s for ``seconds`` (a slow or hostile server)."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.end_headers()
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                handler.wfile.write(b"a")
+                handler.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+    return respond
+
+
+def endless(chunk: bytes = b"x" * 65536, content_type: str = "text/plain") -> Callable:
+    """A response without Content-Length that never ends (until the client hangs up)."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.end_headers()
+        try:
+            for _ in range(100_000):
+                handler.wfile.write(chunk)
+        except OSError:
+            pass
+
+    return respond
+
+
+def gzip_bomb(size: int) -> Page:
+    """A small gzip body that expands to ``size`` bytes."""
+    return Page(gzip.compress(b"a" * size), content_type="text/plain", headers={"Content-Encoding": "gzip"})
+
+
+class LocalSite:
+    def __init__(self, routes: dict[str, Page | Callable] | None = None) -> None:
+        self.routes: dict[str, Page | Callable] = dict(routes or {})
+        self.requests: list[str] = []
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                site.requests.append(self.path)
+                route = site.routes.get(self.path.split("?", 1)[0])
+                if route is None:
+                    route = Page(b"not found", content_type="text/plain", status=404)
+                if callable(route):
+                    route(self)
+                    return
+                self.send_response(route.status)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(len(route.body)))
+                for name, value in route.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                try:
+                    self.wfile.write(route.body)
+                except OSError:
+                    pass
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    @property
+    def base(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def __enter__(self) -> LocalSite:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

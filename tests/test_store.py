@@ -1,0 +1,134 @@
+"""The store: collection profile, the record of sources, the write lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from langchain_core.embeddings import DeterministicFakeEmbedding
+
+from rag.store import (
+    EmptyStore,
+    IncompatibleCollection,
+    SourceRecord,
+    StoreBusy,
+    check_profile,
+    chunk_id,
+    embedder_id,
+    open_client,
+    open_collection,
+    open_store,
+    read_profile,
+    require_nonempty,
+    store_lock,
+    write_profile,
+)
+
+PROFILE = {"embedder": "Fake:384", "splitter": "recursive-v2", "chunk_size": 500, "chunk_overlap": 0}
+
+
+def test_chunk_ids_are_stable_and_distinct():
+    assert chunk_id("/a.md", "h1") == chunk_id("/a.md", "h1", 0)
+    assert len({chunk_id("/a.md", "h1"), chunk_id("/a.md", "h1", 1), chunk_id("/b.md", "h1"), chunk_id("/a.md", "h2")}) == 4
+
+
+def test_embedder_id_names_the_model():
+    assert embedder_id(DeterministicFakeEmbedding(size=384)) == "DeterministicFakeEmbedding:384"
+
+    class Named:
+        model_name = "all-MiniLM-L6-v2.f32.gguf"
+
+    assert embedder_id(Named()) == "Named:all-MiniLM-L6-v2.f32.gguf"
+
+
+def test_profile_is_recorded_and_mismatches_refused(settings):
+    collection = open_collection(settings)
+    check_profile(collection, PROFILE)  # new and empty: anything goes
+    write_profile(collection, PROFILE)
+    write_profile(collection, {"dimension": 384})
+    reopened = open_collection(settings, open_client(settings))
+    assert read_profile(reopened) == {**PROFILE, "dimension": 384}
+    assert reopened.configuration_json["hnsw"]["space"] == "cosine"  # rewriting metadata keeps the distance
+    check_profile(reopened, PROFILE)
+    with pytest.raises(IncompatibleCollection, match=r"chunk_size 500 \(this ingest: 800\).*--reindex"):
+        check_profile(reopened, {**PROFILE, "chunk_size": 800})
+    with pytest.raises(IncompatibleCollection, match=r"embedder 'Fake:384' \(this search: 'Other:768'\)"):
+        check_profile(reopened, {"embedder": "Other:768"}, what="search")
+
+
+def test_unprofiled_collection_with_chunks_is_refused(settings):
+    collection = open_collection(settings)
+    collection.add(ids=["x"], embeddings=[[1.0, 0.0]], documents=["old"])
+    with pytest.raises(IncompatibleCollection, match="no record of the embedder.*--reindex"):
+        check_profile(collection, PROFILE)
+
+
+def test_open_store_refuses_another_embedder(settings, fake_embeddings):
+    collection = open_collection(settings)
+    write_profile(collection, {"embedder": "SomethingElse:768"})
+    with pytest.raises(IncompatibleCollection, match="SomethingElse:768"):
+        open_store(settings, fake_embeddings)
+
+
+def test_empty_store_says_what_to_do(settings, fake_embeddings):
+    with pytest.raises(EmptyStore, match="rag ingest"):
+        require_nonempty(open_store(settings, fake_embeddings), settings)
+
+
+def test_bad_collection_names_are_explained(settings):
+    with pytest.raises(Exception, match="bad collection name 'x'"):
+        open_collection(settings.with_overrides(collection="x"))
+
+
+def test_source_record_pending_then_indexed(settings):
+    with SourceRecord(settings) as record:
+        record.mark_pending("/a.md")
+        assert record.get("/a.md").state == "pending" and record.get("/a.md").content_hash is None
+        record.mark_indexed("/a.md", chunks=3, title="A", kind="markdown", content_hash="h", pipeline="p", changed=True)
+        entry = record.get("/a.md")
+        assert (entry.state, entry.chunks, entry.content_hash) == ("indexed", 3, "h")
+        record.mark_pending("/a.md")  # a rewrite starts: the old hash stays until it ends
+        assert (record.get("/a.md").state, record.get("/a.md").content_hash) == ("pending", "h")
+        record.mark_pending("/dir/b.md")
+        record.mark_pending("/dir2/c.md")
+        assert [entry.source for entry in record.entries(under="/dir")] == ["/dir/b.md"]
+    other = settings.with_overrides(collection="other")
+    with SourceRecord(other) as record:
+        assert record.entries() == []
+
+
+def test_second_writer_is_refused_with_the_holder_named(settings):
+    with store_lock(settings, "rag ingest"):
+        with pytest.raises(StoreBusy, match=rf"being written by rag ingest \(pid {os.getpid()} on .*wait for it"):
+            with store_lock(settings, "rag forget"):
+                pass
+    with store_lock(settings, "rag ingest"):  # released
+        pass
+
+
+def test_lock_of_a_killed_holder_is_released(settings):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom rag.settings import Settings\nfrom rag.store import store_lock\n"
+         f"with store_lock(Settings(data_dir={str(settings.data_dir)!r}), 'holder'):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreBusy, match=f"holder \\(pid {holder.pid} "):
+            with store_lock(settings, "test"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with store_lock(settings, "test"):
+                break
+        except StoreBusy:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

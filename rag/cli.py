@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -242,6 +242,30 @@ def forget(ctx: click.Context, items: tuple[str, ...], as_json: bool, **options:
         click.echo(f"removed {report.sources_deleted} sources, {report.chunks_deleted} chunks")
 
 
+def stream_to_terminal(items: Iterator[Any], show: bool) -> Any:
+    """Echo the text pieces of a library stream as they come; return its final result."""
+    result, printed = None, False
+    try:
+        for item in items:
+            if not isinstance(item, str):
+                result = item
+            elif show and item:
+                click.echo(item, nl=False)
+                printed = True
+    finally:
+        if printed:  # end the line, so an error message starts on its own
+            click.echo()
+    return result
+
+
+def echo_sources(sources: list) -> None:
+    click.echo("\nSources:")
+    for source in sources:
+        score = "" if source.score is None else f" score {source.score:.3f}"
+        part = "" if source.part is None else f" part {source.part}"
+        click.echo(f"  [{source.number}] {source.title} ({source.source}){part}{score}")
+
+
 @cli.command()
 @click.argument("question")
 @click.option("-k", type=int, help="Number of chunks retrieved [default: 4].")
@@ -253,26 +277,147 @@ def forget(ctx: click.Context, items: tuple[str, ...], as_json: bool, **options:
 @handle_errors
 def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: int | None, **options: Any) -> None:
     """Answer QUESTION from the indexed documents, then list its sources."""
-    from rag.answer import Answer, Assistant
+    from rag.answer import Assistant
 
     assistant = Assistant(settings_from(ctx, k=k, **options))
     stream = not (no_stream or as_json)
-    answer: Answer | None = None
-    for item in assistant.stream(question):
-        if isinstance(item, Answer):
-            answer = item
-        elif stream:
-            click.echo(item, nl=False)
-    assert answer is not None
+    answer = stream_to_terminal(assistant.stream(question), show=stream)
     if as_json:
         data = answer.to_dict()
         data["sources"] = [{key: source[key] for key in ("number", "source", "title", "score")} for source in data["sources"]]
         emit_json(data)
         return
-    click.echo("" if stream else answer.answer)
-    click.echo("\nSources:")
-    for source in answer.sources:
-        click.echo(f"  [{source.number}] {source.title} ({source.source}) score {source.score:.3f}")
+    if not stream:
+        click.echo(answer.answer)
+    echo_sources(answer.sources)
+    budget = answer.metadata.get("budget") or {}
+    if budget.get("trimmed") or budget.get("dropped"):
+        click.echo(
+            f"(to fit the {budget['n_ctx']}-token context: {len(budget['trimmed'])} chunk(s) trimmed, "
+            f"{len(budget['dropped'])} dropped)",
+            err=True,
+        )
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@model_options
+@click.option("--no-stream", is_flag=True, help="Print the summary only when it is complete.")
+@json_option
+@click.pass_context
+@handle_errors
+def summarize(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, no_stream: bool, **options: Any) -> None:
+    """Summarize files, folders and URLs: in one prompt when they fit the context, else map-reduce."""
+    from rag.answer import Assistant, NothingToSummarize, load_documents
+
+    settings = settings_from(ctx, **options)
+    docs, failures = load_documents(inputs, settings)
+    for failure in failures:
+        click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
+    if not docs:
+        raise NothingToSummarize("nothing to summarize: no input could be loaded")
+    stream = not (no_stream or as_json)
+    summary = stream_to_terminal(Assistant(settings).stream_summary(docs), show=stream)
+    if as_json:
+        data = summary.to_dict()
+        data["sources"] = [{key: source[key] for key in ("number", "source", "title", "part")} for source in data["sources"]]
+        data["failures"] = [{"source": failure.source, "reason": failure.reason} for failure in failures]
+        emit_json(data)
+    else:
+        if not stream:
+            click.echo(summary.summary)
+        echo_sources(summary.sources)
+        if summary.method == "map_reduce":
+            click.echo(f"(map-reduce: {summary.metadata['groups']} parts, {summary.metadata['calls']} LLM calls)", err=True)
+    if failures:
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@click.option("-k", type=int, help="Number of chunks retrieved per question [default: 4].")
+@click.option("--history", "history_turns", type=int, help="Exchanges remembered for follow-up questions [default: 4].")
+@model_options
+@store_options
+@click.pass_context
+@handle_errors
+def chat(ctx: click.Context, k: int | None, **options: Any) -> None:
+    """Chat with your documents; follow-up questions use the conversation so far. `exit` or Ctrl-D leaves."""
+    from rag.answer import Assistant
+    from rag.llm import LLMBackendError
+
+    session = Assistant(settings_from(ctx, k=k, **options)).chat()
+    session.assistant.check_ready()
+    click.echo("Ask about your documents; `exit` or Ctrl-D to leave.", err=True)
+    while True:
+        try:
+            question = click.prompt("you", prompt_suffix="> ", default="", show_default=False).strip()
+        except click.Abort:  # Ctrl-D or Ctrl-C at the prompt
+            click.echo()
+            return
+        if question.lower() in {"exit", "quit"}:
+            return
+        if not question:
+            continue
+        try:
+            answer = stream_to_terminal(session.stream(question), show=True)
+        except LLMBackendError as error:  # the server may recover: report, keep the session
+            click.secho(f"error: {error}", fg="red", err=True)
+            continue
+        echo_sources(answer.sources)
+
+
+@cli.command("batch-summarize")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder; a re-run there redoes only what changed.")
+@click.option("--workers", type=click.IntRange(min=1), help="Documents summarized at once [default: one per --server, else 1].")
+@click.option("--server", "servers", multiple=True, metavar="URL", help="llama.cpp / llamafile server to use (repeatable; implies --backend llamafile).")
+@click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")
+@click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")
+@click.option("--prompt", help="Prompt family for the summaries (chatml, llama2, ...) [default: detected].")
+@click.option("--max-words", type=click.IntRange(min=1), help="Ask for summaries of at most N words.")
+@click.option("--from-store", is_flag=True, help="Summarize the sources indexed in the store (INPUTS, if any, narrow them).")
+@store_options
+@json_option
+@click.pass_context
+@handle_errors
+def batch_summarize(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    out_dir: str,
+    workers: int | None,
+    servers: tuple[str, ...],
+    max_words: int | None,
+    from_store: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Summarize every document under INPUTS into --out, with citations and a corpus rollup; resumable."""
+    from rag.batch import BatchInterrupted, summarize_batch
+
+    if not inputs and not from_store:
+        raise click.UsageError("give files, folders or URLs to summarize, or --from-store")
+    settings = settings_from(ctx, **options)
+    progress = not as_json and sys.stderr.isatty()
+    try:
+        report = summarize_batch(
+            inputs, out_dir, settings, workers=workers, servers=servers, max_words=max_words, from_store=from_store, progress=progress
+        )
+        code = {"done": EXIT_OK, "partial": EXIT_PARTIAL}.get(report.status, EXIT_NOTHING_DONE)
+    except BatchInterrupted as interrupted:
+        report, code = interrupted.report, EXIT_INTERRUPTED
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(
+            f"{report.done} of {report.documents} documents summarized ({report.summarized} this run, {report.reused} reused) "
+            f"in {report.seconds:.1f} s: {report.files.get('report')}"
+        )
+        for failure in report.failures:
+            click.echo(f"failed: {failure.source} ({failure.stage}): {failure.reason}", err=True)
+        if code == EXIT_INTERRUPTED:
+            click.echo("interrupted: run the same command again to finish the rest", err=True)
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(500, ge=1, description="Characters per chunk.")
     chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
-    prompt: str | None = Field(None, description="Prompt name or family; default: detected from the model.")
+    prompt: str | None = Field(
+        None, description="Prompt name or family (chatml, rlm/rag-prompt, hub:OWNER/NAME); default: detected from the model."
+    )
+    history_turns: int = Field(4, ge=0, description="Chat exchanges kept as context for follow-up questions.")
     allow_private_network: bool = Field(False, description="Allow URLs on loopback and private networks.")
 
     # Ingestion: what is read, and the limits on reading it

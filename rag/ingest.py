@@ -230,7 +230,7 @@ class _IngestRun:
         with contextlib.closing(_load_ahead(requests, self.settings)) as outcomes:
             for outcome in outcomes:
                 if outcome.status == "failed":
-                    logger.warning("could not load %s: %s", outcome.source, outcome.reason)
+                    logger.info("could not load %s: %s", outcome.source, outcome.reason)
                     self.report.failures.append(LoadFailure(outcome.source, outcome.reason or "unknown error"))
                 elif outcome.status == "unchanged":
                     self._skip(outcome.source)
@@ -362,7 +362,7 @@ class _IngestRun:
 
 def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator[LoadOutcome]:
     """Load and split sources in a background thread (and child process), a couple ahead of the consumer."""
-    if not settings.isolate_loaders:
+    if not settings.isolate_loaders or os.name != "posix":  # the child process needs POSIX pipes and rlimits
         for request in requests:
             yield load_and_split(request)
         return

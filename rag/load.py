@@ -608,7 +608,7 @@ class _TextWriter:
     def text(self, value: str) -> None:
         value = value.replace("\ue000", "").replace("\ue001", "")
         if self.pre_depth:
-            self.pre_blocks[-1].append(value)
+            self.pre_blocks[-1].append(value.replace("\r\n", "\n").replace("\r", "\n"))
         else:
             self.parts.append(re.sub(r"\s+", " ", value))
 

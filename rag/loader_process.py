@@ -9,6 +9,7 @@ process; they exit with it.
 
 Example::
 
+    from rag.load import LoadOptions
     from rag.loader_process import LoadRequest, load_isolated
     result = load_isolated(LoadRequest("/notes/a.md", LoadOptions()), timeout=60, memory_mb=2048)
     result.status, result.reason, len(result.chunks)
@@ -111,16 +112,12 @@ class LoaderProcess:
 
     def __init__(self, memory_mb: int) -> None:
         self.memory_mb = memory_mb
-        package_root = str(Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         quiet = not logging.getLogger("rag").isEnabledFor(logging.DEBUG)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "rag.loader_process", str(memory_mb)],
+            [sys.executable, "-c", _child_command(memory_mb)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL if quiet else None,
-            env=env,
             close_fds=True,
         )
 
@@ -188,6 +185,16 @@ class LoaderProcess:
             except (OSError, subprocess.TimeoutExpired):
                 pass
         self.kill()
+
+
+def _child_command(memory_mb: int) -> str:
+    """Python code that starts the child; it imports this same ``rag`` (a checkout or an install)."""
+    import sysconfig
+
+    root = str(Path(__file__).resolve().parent.parent)
+    installed = {str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("purelib", "platlib")}
+    prefix = "" if root in installed else f"import sys; sys.path.insert(0, {root!r}); "
+    return prefix + f"from rag.loader_process import _child_main; _child_main({int(memory_mb)})"
 
 
 def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
@@ -356,10 +363,3 @@ def _child_main(memory_mb: int) -> None:
             payload = pickle.dumps(LoadOutcome(request.source, "failed", reason=reason, retire=True))
         protocol_out.write(_HEADER.pack(len(payload)) + payload)
         protocol_out.flush()
-
-
-if __name__ == "__main__":
-    # Run the imported module's copy, so results pickle as rag.loader_process classes, not __main__ ones.
-    from rag.loader_process import _child_main as child_main
-
-    child_main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

@@ -598,7 +598,7 @@ def small_llm():
     """SmolLM2-135M in-process with a small context, so a longer document needs map-reduce."""
     from rag.llm import load_llm
 
-    return load_llm(Settings(temperature=0.0, max_tokens=48, n_ctx=768))
+    return load_llm(Settings(temperature=0.0, max_tokens=48, n_ctx=768, n_threads=1))  # one thread: robust on a busy machine
 
 
 @pytest.mark.integration
@@ -635,16 +635,48 @@ def test_two_real_llama_servers_share_a_job(tmp_path):
     from rag.models import default_llm_path
     from tests.conftest import SAMPLE_DATA, start_llama_server
 
-    started = [start_llama_server(default_llm_path(), "-c", "1024", "-n", "48") for _ in range(2)]
+    servers = [start_llama_server(default_llm_path(), n_ctx=1024, threads=1) for _ in range(2)]
     try:
-        urls = [url for _, url in started]
+        urls = [server.url for server in servers]
         settings = Settings(data_dir=tmp_path / "data", temperature=0.0, max_tokens=40, isolate_loaders=False)
         report = summarize_batch([SAMPLE_DATA], tmp_path / "out", settings, servers=urls)
     finally:
-        for process, _ in started:
-            process.terminate()
-            process.wait(timeout=30)
+        for server in servers:
+            server.stop()
 
     assert report.status == "done" and report.done == 4, report.failures
-    assert {record["worker"] for record in report.records} == set(urls)
-    assert all(record["summary"].strip() and record["model"] == default_llm_path().name for record in report.records)
+    assert report.workers == 2 and {record["worker"] for record in report.records} == set(urls)
+    for record in report.records:
+        assert record["summary"].strip() and record["model"] == default_llm_path().name
+        assert record["settings"]["n_ctx"] == 1024 and any(point["citations"] for point in record["points"])
+
+
+@pytest.mark.integration
+def test_real_model_ctrl_c_then_rerun_with_two_worker_processes(tmp_path, settings):
+    from tests.conftest import SAMPLE_DATA
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for copy in range(2):
+        for path in sorted(SAMPLE_DATA.glob("*"))[:3]:
+            (folder / f"{copy}-{path.name}").write_text(f"Copy {copy}.\n\n" + path.read_text(), encoding="utf-8")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "rag", "batch-summarize", str(folder), "--out", str(out)]
+    env = {**os.environ, "RAG_DATA_DIR": str(settings.data_dir), "RAG_MAX_TOKENS": "40", "RAG_N_CTX": "1024", "RAG_TEMPERATURE": "0", "RAG_N_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list((out / "records").glob("*.json")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    kept = read_jsonl(out / "summaries.jsonl")
+    assert 1 <= len(kept) < 6 and no_temporaries(out) and "Traceback" not in stderr
+
+    rerun = subprocess.run([*command, "--workers", "2", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    data = json.loads(rerun.stdout)
+    assert data["reused"] == len(kept) and data["summarized"] == 6 - len(kept)
+    workers = {record["worker"] for record in read_jsonl(out / "summaries.jsonl")[len(kept):]}
+    assert workers and all(worker.startswith("pid ") for worker in workers)

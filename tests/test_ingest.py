@@ -19,6 +19,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 
 from rag.cli import EXIT_ERROR, EXIT_NOTHING_DONE, EXIT_OK, EXIT_PARTIAL, cli
 from rag.ingest import forget, ingest, list_sources, search
+from rag.load import SUPPORTED_SUFFIXES
 from rag.store import IncompatibleCollection, NotIndexed, StoreBusy, open_collection, store_lock
 from tests.conftest import REPO_ROOT, SAMPLE_DATA
 from tests.local_site import LocalSite, Page, trickle
@@ -169,7 +170,7 @@ def test_deleted_sources_are_removed_only_when_pruning(settings, corpus, countin
     assert (pruned.sources_deleted, pruned.chunks_deleted) == (1, gone_chunks)
     assert not any(meta["source"] == str(gone.resolve()) for _, meta in stored(settings).values())
     assert [entry.source for entry in list_sources(settings)] == sorted(
-        str(path.resolve()) for path in corpus.iterdir()
+        str(path.resolve()) for path in corpus.iterdir() if path.suffix in SUPPORTED_SUFFIXES
     )
 
 

@@ -420,5 +420,58 @@ def batch_summarize(
         sys.exit(code)
 
 
+def comma_list(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
+@cli.command("eval")
+@click.argument("questions_file", metavar="QUESTIONS.yaml", type=click.Path(exists=True, dir_okay=False))
+@click.option("--models", metavar="A,B,...", help="GGUF paths or file names in the models folder; 'default' is the configured model [default: default].")
+@click.option("--prompts", metavar="P,Q,...", help="Prompt names or families (chatml, rlm/rag-prompt, ...); 'default' is detected [default: default].")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), help="Chunks retrieved per question [default: 4].")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Answer budget in tokens [default: 256].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for eval.md, eval.json and eval.png [default: DATA_DIR/evals/TIME].")
+@click.option("--ingest", "ingest_paths", multiple=True, metavar="PATH", help="Ingest PATH first (repeatable) [default: the file's corpus, if the store is empty].")
+@store_options
+@json_option
+@click.pass_context
+@handle_errors
+def eval_command(
+    ctx: click.Context,
+    questions_file: str,
+    models: str | None,
+    prompts: str | None,
+    out_dir: str | None,
+    ingest_paths: tuple[str, ...],
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Score models x prompts on a question file: retrieval, facts, grounding, don't-know, speed.
+
+    Prints a table, and writes a Markdown report, a JSON file and a PNG chart to --out.
+    Exit status: 0 all answered, 3 some answers or runs failed, 4 none answered.
+    """
+    from rag.eval import default_out_dir, run_eval
+
+    settings = settings_from(ctx, **options)
+    progress = not as_json and sys.stderr.isatty()
+    report = run_eval(
+        questions_file, settings, comma_list(models), comma_list(prompts), ingest=list(ingest_paths) or None, progress=progress
+    )
+    files = report.write(out_dir or default_out_dir(settings))
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        for warning in report.warnings:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
+        click.echo(report.to_table())
+        for run in report.runs:
+            if run.error:
+                click.secho(f"could not run {run.label}: {run.error}", fg="red", err=True)
+        click.echo(f"report: {files['markdown']}\nchart:  {files['chart']}\njson:   {files['json']}")
+    if report.status != "done":
+        sys.exit(EXIT_PARTIAL if report.status == "partial" else EXIT_NOTHING_DONE)
+
+
 def main() -> None:
     cli(prog_name="rag")

@@ -98,6 +98,10 @@ def _build_llamacpp(path: Path, stop: list[str], settings: Settings) -> BaseLLM:
             max_tokens=settings.max_tokens,
             seed=settings.seed,
             stop=stop,
+            # LangChain's defaults (10000, 1.0) override the model's own RoPE settings
+            # (SmolLM2: base 100000) and degrade its answers; 0 means "from the GGUF".
+            rope_freq_base=0.0,
+            rope_freq_scale=0.0,
             streaming=True,
             verbose=False,
         )

@@ -216,11 +216,13 @@ CAP = 128  # a three-sentence answer needs far fewer tokens; reaching the cap me
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_template_through_the_real_model_stops_without_echoing_markers(family, local_llm):
     """What this shows. SmolLM2 is trained on ChatML only: for chatml it shows the model ends
-    its turn by itself. For the other families the model does not know the format, which is
-    the "wrong chat template" situation users report: it shows that the family's stop
-    sequences (with the model's end-of-sequence token) end the answer before max_tokens, and
-    that no chat marker reaches the user. It says nothing about answer quality: under Gemma's format
-    SmolLM2 rambles for about 90 tokens before it emits its end-of-sequence token."""
+    its turn by itself with an answer. For the other families the model does not know the
+    format, which is the "wrong chat template" situation users report: it shows that the
+    family's stop sequences (with the model's end-of-sequence token) end the output before
+    max_tokens and that no chat marker reaches the user. It says nothing about answer
+    quality. Seen with SmolLM2: under Gemma's format it writes "<end_of_turn>" as text at
+    once (an empty answer, cut by the stop); under Llama-3's it invents a passage, then
+    writes "<|eot_id|>"; under the generic format it runs on until a blank line."""
     from langchain_core.documents import Document
 
     from rag.chains import build_docs_qa_chain
@@ -234,4 +236,5 @@ def test_family_template_through_the_real_model_stops_without_echoing_markers(fa
     assert evaluated < CAP - 1, f"{family}: ran to max_tokens: {answer!r}"
     leaked = [marker for marker in MARKERS if marker in answer]
     assert not leaked, f"{family}: echoed {leaked}: {answer!r}"
-    assert answer.strip(), f"{family}: empty answer"
+    if family == "chatml":  # the model's own format: a real answer
+        assert answer.strip(), "empty answer"

@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -45,7 +46,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -497,7 +498,8 @@ class _ProcessEngine:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         self.process = context.Process(target=_engine_child, args=(child, self.factory, self.settings), name="rag-batch-worker", daemon=True)
-        self.process.start()
+        with _sigint_blocked():  # a Ctrl-C while the child starts up is the parent's to handle
+            self.process.start()
         child.close()
         self.conn = parent
 
@@ -565,9 +567,27 @@ class _ProcessEngine:
         self.conn.close()
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread; a process started meanwhile inherits the block."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()  # started later, it would unblock SIGINT in this thread
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _engine_child(conn: Any, factory: LLMFactory, settings: Settings) -> None:
     """A worker process: load the model once, then summarize what the parent sends until it sends ``None``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops its children
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since start-up; now ignored
     try:
         local = factory(settings)
     except Exception as error:  # handed to the parent, which raises it
@@ -1195,7 +1215,8 @@ class _BatchRun:
         self.loader.abort()
         self.engines.abort()
         for thread in self.threads:
-            thread.join(timeout=10)
+            if thread.is_alive():  # Ctrl-C may come before every thread started
+                thread.join(timeout=10)
         while True:
             try:
                 result = self.results.get_nowait()
@@ -1207,7 +1228,8 @@ class _BatchRun:
     def close(self) -> None:
         self.stop.set()
         for thread in self.threads:
-            thread.join(timeout=10)
+            if thread.is_alive():  # Ctrl-C may come before every thread started
+                thread.join(timeout=10)
         self.loader.close()
         self.engines.close()
         if self.bar is not None:

@@ -533,6 +533,22 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_finishes_the_rest(tmp_path, fake_serve
     assert server.completions == 6 - len(kept) + 1  # the rest, then the rollup
 
 
+def test_ctrl_c_before_the_workers_started_still_ends_cleanly(corpus, tmp_path, batch_settings, monkeypatch):
+    start = threading.Thread.start
+
+    def interrupted_start(thread) -> None:
+        if thread.name.startswith("rag-batch-worker"):
+            raise KeyboardInterrupt
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", interrupted_start)
+    with pytest.raises(BatchInterrupted) as caught:
+        summarize_batch([corpus], tmp_path / "out", batch_settings, local_llm=fake_local())
+
+    assert caught.value.report.status == "interrupted" and caught.value.report.done == 0
+    assert "interrupted" in (tmp_path / "out" / "report.md").read_text() and no_temporaries(tmp_path / "out")
+
+
 # --- parallel workers ---------------------------------------------------------------------------------------------
 
 
@@ -548,6 +564,28 @@ def test_two_servers_share_the_work_and_give_the_same_summaries(corpus, tmp_path
     assert {record["worker"] for record in two.records} == {first.url, second.url}
     assert [r["summary"] for r in two.records] == [r["summary"] for r in one.records]
     assert [r["key"] for r in two.records] == [r["key"] for r in one.records]
+
+
+def test_several_workers_use_one_servers_parallel_slots(corpus, tmp_path, batch_settings, fake_server):
+    server = fake_server(token_delay=0.02)
+    active, peak = [0], [0]
+    original = server.httpd.RequestHandlerClass.do_POST
+
+    def counting(handler) -> None:
+        completion = handler.path == "/completion"
+        if completion:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            original(handler)
+        finally:
+            active[0] -= completion
+
+    server.httpd.RequestHandlerClass.do_POST = counting
+    report = summarize_batch([corpus], tmp_path / "out", batch_settings, servers=[server.url], workers=3)
+
+    assert report.status == "done" and report.workers == 3 and {record["worker"] for record in report.records} == {server.url}
+    assert peak[0] >= 2
 
 
 def test_servers_serving_different_models_are_refused(corpus, tmp_path, batch_settings, fake_server):

@@ -8,7 +8,7 @@ machine is shared and noisy). Prints time to first token, total time, generation
 and its ratio to raw (target >= 0.95), and the tokens of the final prompt against n_ctx,
 also for a small context where the budget has to cut.
 
-    .venv/bin/python benchmarks/bench_answer.py [--rounds 3] [--tokens 128] [-k 4]
+    .venv/bin/python benchmarks/bench_answer.py [--rounds 3] [--tokens 128] [-k 4] [--threads 1]
 """
 
 from __future__ import annotations
@@ -60,9 +60,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128, help="answer budget (max_tokens)")
     parser.add_argument("-k", type=int, default=4, help="chunks retrieved")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="llama.cpp threads [default: 1: on a busy shared machine two threads spin-wait on each other and timings swing several-fold]",
+    )
     args = parser.parse_args()
 
-    threads = os.cpu_count() or 2
+    threads = args.threads or os.cpu_count() or 1
     workdir = Path(tempfile.mkdtemp(prefix="bench-answer-"))
     settings = Settings(data_dir=workdir, temperature=0.0, max_tokens=args.tokens, n_threads=threads, k=args.k)
     embeddings = load_embeddings(settings)
@@ -119,7 +125,7 @@ def main() -> None:
             statistics.median((count(text) - 1) / max(total - first, 1e-9) for first, total, text, _ in results),
         )
     rates = {name: row[3] for name, row in rows.items()}
-    print(f"SmolLM2-135M Q4_1 via llama.cpp, {threads} threads, k={args.k}, max_tokens={args.tokens}, median of {args.rounds} interleaved rounds")
+    print(f"SmolLM2-135M Q4_1 via llama.cpp, threads={threads}, k={args.k}, max_tokens={args.tokens}, median of {args.rounds} interleaved rounds")
     print(f"{'path':<24}{'first token s':>14}{'total s':>9}{'tokens':>8}{'gen tok/s':>11}{'vs raw':>8}")
     for name, (first, total, tokens, rate) in rows.items():
         print(f"{name:<24}{first:>14.3f}{total:>9.3f}{tokens:>8.0f}{rate:>11.1f}{rate / rates['raw llama-cpp-python']:>8.2f}")

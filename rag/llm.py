@@ -30,6 +30,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from rag.errors import RagError
 from rag.models import InvalidModelFile, read_gguf_metadata, resolve_llm_path
+from rag.native import quiet_native_stderr
 from rag.prompts import choose_family, get_family
 from rag.settings import Settings
 
@@ -63,7 +64,7 @@ def load_llm(settings: Settings) -> LocalLLM:
         return _load_llamafile(settings)
     path = resolve_llm_path(settings.llm_model, settings)
     meta = read_gguf_metadata(path)
-    family = _choose_family(settings, meta.chat_template, path.name)
+    family = choose_family(settings.prompt, meta.chat_template, path.name)
     stop = _stop_sequences(family, settings)
     if settings.backend == "gpt4all":
         llm: BaseLLM = _build_gpt4all(path, meta.pre_tokenizer, stop, settings)
@@ -72,11 +73,6 @@ def load_llm(settings: Settings) -> LocalLLM:
         llm = _build_llamacpp(path, stop, settings)
         counter = lambda text: len(llm.client.tokenize(text.encode("utf-8"), add_bos=True, special=True))  # noqa: E731
     return LocalLLM(llm, settings.backend, path.name, family, settings.n_ctx, settings.max_tokens, counter)
-
-
-def _choose_family(settings: Settings, chat_template: str | None, model_name: str) -> str:
-    """The prompt family: the user's choice, else detected from the chat template or the name."""
-    return choose_family(settings.prompt, chat_template, model_name)
 
 
 def _stop_sequences(family: str, settings: Settings) -> list[str]:
@@ -92,6 +88,8 @@ def _build_llamacpp(path: Path, stop: list[str], settings: Settings) -> BaseLLM:
             n_ctx=settings.n_ctx,
             n_batch=settings.n_batch,
             n_threads=settings.n_threads or os.cpu_count(),
+            # Prompt evaluation too: llama-cpp-python would take every core (batch workers share them).
+            model_kwargs={"n_threads_batch": settings.n_threads or os.cpu_count()},
             n_gpu_layers=settings.n_gpu_layers,
             f16_kv=settings.f16_kv,
             temperature=settings.temperature,
@@ -113,7 +111,8 @@ def _llama_cpp_token_counter(path: Path) -> Callable[[str], int]:
     """Count tokens with the model's own tokenizer (vocabulary only: fast, little memory)."""
     from llama_cpp import Llama
 
-    vocab = Llama(str(path), vocab_only=True, verbose=False)
+    with quiet_native_stderr():
+        vocab = Llama(str(path), vocab_only=True, verbose=False)
     return lambda text: len(vocab.tokenize(text.encode("utf-8"), add_bos=True, special=True))
 
 
@@ -188,8 +187,6 @@ class GPT4AllLLM(LLM):
     @property
     def client(self) -> Any:
         if self._client is None:
-            from rag.embed import quiet_native_stderr
-
             with quiet_native_stderr():
                 from gpt4all import GPT4All
 
@@ -372,7 +369,7 @@ def server_props(base_url: str, timeout: float = 5.0) -> dict:
 def _load_llamafile(settings: Settings) -> LocalLLM:
     props = server_props(settings.llamafile_url, timeout=min(10.0, settings.request_timeout))
     model_name = Path(props.get("model_path") or "llamafile").name
-    family = _choose_family(settings, props.get("chat_template"), model_name)
+    family = choose_family(settings.prompt, props.get("chat_template"), model_name)
     n_ctx = int((props.get("default_generation_settings") or {}).get("n_ctx") or settings.n_ctx)
     llm = LlamafileLLM(
         base_url=settings.llamafile_url,

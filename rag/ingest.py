@@ -167,7 +167,8 @@ def ingest(
             run.close()
     missing_pruned = set(run.pruned_inputs)
     report.failures[:0] = [failure for failure in found.failures if failure.source not in missing_pruned]
-    report.sources_failed = len([failure for failure in report.failures if failure.source in set(found.sources)])
+    sources = set(found.sources)
+    report.sources_failed = sum(1 for failure in report.failures if failure.source in sources)
     report.seconds = round(time.monotonic() - started, 3)
     logger.info(
         "ingest: %d sources (%d added, %d updated, %d unchanged, %d deleted, %d failed); %d chunks added, %d embedded",

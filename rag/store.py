@@ -255,7 +255,9 @@ class SourceRecord:
         settings.store_path.mkdir(parents=True, exist_ok=True)
         self.collection = settings.collection
         self.db = sqlite3.connect(settings.store_path / RECORD_FILE, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA synchronous=FULL")
+        # WAL with synchronous=NORMAL survives a killed process (only power loss may drop the last commits).
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS sources ("
             " collection TEXT NOT NULL, source TEXT NOT NULL, state TEXT NOT NULL, chunks INTEGER NOT NULL DEFAULT 0,"

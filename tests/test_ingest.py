@@ -203,6 +203,12 @@ def test_forget_removes_a_source_or_a_folder(settings, corpus, counting):
         forget([str(corpus / "quokkadb.rst")], settings)
 
 
+def test_progress_bar_goes_to_stderr(settings, corpus, counting, capsys):
+    ingest([corpus], settings, counting, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "ingest: 100%" in captured.err and "4/4" in captured.err
+
+
 # --- what the collection records ------------------------------------------------------------------
 
 

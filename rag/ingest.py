@@ -43,7 +43,7 @@ from langchain_core.embeddings import Embeddings
 
 from rag.errors import RagError
 from rag.load import LoadFailure, LoadOptions, expand_inputs, is_url, normalize_url
-from rag.loader_process import IsolatedLoader, LoadOutcome, LoadRequest, load_and_split
+from rag.loader_process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
 from rag.settings import Settings
 from rag.split import build_splitter, splitter_profile
 from rag.store import (
@@ -362,7 +362,11 @@ class _IngestRun:
 
 
 def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator[LoadOutcome]:
-    """Load and split sources in a background thread (and child process), a couple ahead of the consumer."""
+    """Load and split sources in a background thread (and child process), a couple ahead of the consumer.
+
+    Files are read and hashed in the thread; only changed ones, and URLs, go to the child
+    process (started on first need), which parses them under the time and memory limits.
+    """
     if not settings.isolate_loaders or os.name != "posix":  # the child process needs POSIX pipes and rlimits
         for request in requests:
             yield load_and_split(request)
@@ -377,7 +381,8 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
             for request in requests:
                 if stop.is_set():
                     return
-                outcome = loader.load(request)
+                checked = check_unchanged(request)  # unchanged files never reach the child process
+                outcome = checked if isinstance(checked, LoadOutcome) else loader.load(checked)
                 while not stop.is_set():
                     try:
                         results.put(outcome, timeout=0.2)

@@ -9,7 +9,7 @@ process; they exit with it.
 
 Example::
 
-    from rag.load import LoadOptions
+    from rag.load import LoadOptions, RawSource
     from rag.loader_process import LoadRequest, load_isolated
     result = load_isolated(LoadRequest("/notes/a.md", LoadOptions()), timeout=60, memory_mb=2048)
     result.status, result.reason, len(result.chunks)
@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import pickle
@@ -31,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rag.load import LoadOptions
+from rag.load import LoadOptions, RawSource
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class LoadRequest:
     chunk_size: int = 500
     chunk_overlap: int = 0
     known_hash: str | None = None  # skip parsing when the bytes still hash to this
+    raw: RawSource | None = None  # the bytes, when the caller has read them already
 
 
 @dataclass
@@ -68,6 +70,25 @@ class LoadOutcome:
     retire: bool = False  # the process that made this should not be reused (its memory is spent)
 
 
+def check_unchanged(request: LoadRequest) -> LoadOutcome | LoadRequest:
+    """Read a local file here (cheap, bounded by its size): unchanged, failed, or the request with its bytes.
+
+    URLs are left to :func:`load_and_split` in the child, where a hard time limit applies.
+    """
+    from rag.errors import RagError
+    from rag.load import is_url, read_source
+
+    if is_url(request.source):
+        return request
+    try:
+        raw = read_source(request.source, request.options)
+    except RagError as error:
+        return LoadOutcome(request.source, "failed", reason=str(error))
+    if request.known_hash is not None and raw.content_hash == request.known_hash:
+        return LoadOutcome(request.source, "unchanged", content_hash=raw.content_hash)
+    return dataclasses.replace(request, raw=raw)
+
+
 def load_and_split(request: LoadRequest) -> LoadOutcome:
     """Read, parse and split one source (in whatever process calls it); never raises for bad input."""
     from rag.errors import RagError
@@ -75,7 +96,7 @@ def load_and_split(request: LoadRequest) -> LoadOutcome:
     from rag.split import split_documents
 
     try:
-        raw = read_source(request.source, request.options)
+        raw = request.raw if request.raw is not None else read_source(request.source, request.options)
         if request.known_hash is not None and raw.content_hash == request.known_hash:
             return LoadOutcome(request.source, "unchanged", content_hash=raw.content_hash)
         loaded = parse_source(raw, request.options)

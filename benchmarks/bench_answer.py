@@ -26,7 +26,7 @@ from langchain_core.documents import Document
 from rag.answer import Answer, Assistant
 from rag.chains import format_docs
 from rag.embed import load_embeddings
-from rag.ingest import ingest
+from rag.indexing import ingest
 from rag.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent / "data"

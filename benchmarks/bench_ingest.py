@@ -10,7 +10,7 @@ missing: about 13 MB, seconds), served from 127.0.0.1. Two variants:
 
 For each variant it prints:
 
-- end-to-end chunks/s of ``rag.ingest.ingest`` divided by the raw embedder's
+- end-to-end chunks/s of ``rag.indexing.ingest`` divided by the raw embedder's
   chunks/s on the same chunk texts (raw timed before and after, averaged);
 - the naive guide pipeline (``WebBaseLoader`` -> ``RecursiveCharacterTextSplitter(500, 0)``
   -> ``Chroma.from_documents`` with the same GPT4All embedder): chunks, ingest and
@@ -182,7 +182,7 @@ def run_variant(variant: str, embeddings, workdir: Path) -> dict:
     from langchain_community.document_loaders import WebBaseLoader
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    from rag.ingest import ingest, search
+    from rag.indexing import ingest, search
     from rag.loader_process import shutdown
     from rag.settings import Settings
     from rag.store import open_collection

@@ -15,12 +15,21 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Settings": "rag.settings",
-    "ingest": "rag.ingest",
-    "search": "rag.ingest",
-    "IndexReport": "rag.ingest",
+    "ingest": "rag.indexing",
+    "search": "rag.indexing",
+    "list_sources": "rag.indexing",
+    "forget": "rag.indexing",
+    "IndexReport": "rag.indexing",
     "ask": "rag.answer",
+    "summarize": "rag.answer",
     "Answer": "rag.answer",
+    "Summary": "rag.answer",
     "Assistant": "rag.answer",
+    "ChatSession": "rag.answer",
+    "summarize_batch": "rag.batch",
+    "BatchReport": "rag.batch",
+    "run_eval": "rag.eval",
+    "EvalReport": "rag.eval_report",
     "load_llm": "rag.llm",
     "load_embeddings": "rag.embed",
 }
@@ -28,9 +37,12 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from rag.answer import Answer, Assistant, ask
+    from rag.answer import Answer, Assistant, ChatSession, Summary, ask, summarize
+    from rag.batch import BatchReport, summarize_batch
     from rag.embed import load_embeddings
-    from rag.ingest import IndexReport, ingest, search
+    from rag.eval import run_eval
+    from rag.eval_report import EvalReport
+    from rag.indexing import IndexReport, forget, ingest, list_sources, search
     from rag.llm import load_llm
     from rag.settings import Settings
 

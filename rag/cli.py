@@ -147,7 +147,7 @@ def ingest(
     Unchanged sources are skipped, changed ones replaced; a source that fails keeps
     what it had. Exit status: 0 all loaded, 3 some failed, 4 nothing could be done.
     """
-    from rag.ingest import ingest as run_ingest
+    from rag.indexing import ingest as run_ingest
 
     settings = settings_from(
         ctx,
@@ -188,7 +188,7 @@ def ingest(
 @handle_errors
 def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **options: Any) -> None:
     """Show the chunks most similar to QUERY, with score, source and title."""
-    from rag.ingest import search as run_search
+    from rag.indexing import search as run_search
 
     settings = settings_from(ctx, k=k, **options)
     hits = run_search(query, settings.k, settings)
@@ -213,7 +213,7 @@ def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **optio
 @handle_errors
 def sources(ctx: click.Context, as_json: bool, **options: Any) -> None:
     """List the indexed sources: chunks, when last ingested, title."""
-    from rag.ingest import list_sources
+    from rag.indexing import list_sources
 
     entries = list_sources(settings_from(ctx, **options))
     if as_json:
@@ -233,7 +233,7 @@ def sources(ctx: click.Context, as_json: bool, **options: Any) -> None:
 @handle_errors
 def forget(ctx: click.Context, items: tuple[str, ...], as_json: bool, **options: Any) -> None:
     """Remove sources (a URL, a file, or every source under a folder) from the store."""
-    from rag.ingest import forget as run_forget
+    from rag.indexing import forget as run_forget
 
     report = run_forget(items, settings_from(ctx, **options))
     if as_json:

@@ -464,7 +464,7 @@ def _prepare_store(
     question_set: QuestionSet, settings: Settings, embeddings: Embeddings, paths: Sequence[str | os.PathLike] | None, warnings: list[str]
 ) -> dict | None:
     """Ingest ``paths``, or the question file's corpus when the collection is empty."""
-    from rag.ingest import ingest
+    from rag.indexing import ingest
     from rag.store import open_collection
 
     if not paths:
@@ -486,7 +486,7 @@ def _prepare_store(
 
 
 def _unindexed_sources(question_set: QuestionSet, settings: Settings) -> list[str]:
-    from rag.ingest import list_sources
+    from rag.indexing import list_sources
 
     entries = list_sources(settings)
     expected = dict.fromkeys(source for question in question_set.questions for source in question.sources)
@@ -499,7 +499,7 @@ def _unindexed_sources(question_set: QuestionSet, settings: Settings) -> list[st
 
 
 def _retrieve(question: EvalQuestion, settings: Settings, embeddings: Embeddings) -> tuple[list[Document], RetrievalResult]:
-    from rag.ingest import search
+    from rag.indexing import search
 
     hits = search(question.question, settings.k, settings, embeddings)
     docs = [Document(page_content=doc.page_content, metadata={**doc.metadata, "score": score}) for doc, score in hits]

@@ -708,7 +708,7 @@ def load_sources(
 ) -> LoadResult:
     """Load everything under ``inputs`` in this process; failures are collected, not raised.
 
-    :func:`rag.ingest.ingest` loads in a separate, time- and memory-limited process instead.
+    :func:`rag.indexing.ingest` loads in a separate, time- and memory-limited process instead.
     """
     options = options or LoadOptions()
     found = expand_inputs(inputs, include, exclude)

@@ -39,7 +39,7 @@ def fake_local(responses: list[str], *, n_ctx: int = 4096, max_tokens: int = 64,
 @pytest.fixture
 def indexed(settings, fake_embeddings):
     """Settings whose store holds the sample corpus, embedded with fake embeddings."""
-    from rag.ingest import ingest
+    from rag.indexing import ingest
 
     report = ingest([str(DATA)], settings, fake_embeddings)
     assert report.chunks > 0
@@ -316,7 +316,7 @@ def test_cli_chat_reports_a_failed_turn_and_goes_on(rag_cli, fake_server):
 @pytest.fixture(scope="module")
 def real_store(tmp_path_factory, embeddings):
     """Settings whose store holds the sample corpus, embedded with the real embedder."""
-    from rag.ingest import ingest
+    from rag.indexing import ingest
     from rag.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("rag-real"), temperature=0.0, max_tokens=96)

@@ -608,7 +608,7 @@ def test_in_process_backends_run_one_worker_process_each(corpus, tmp_path, batch
 
 
 def test_summarizes_each_source_of_a_store(corpus, tmp_path, batch_settings, fake_embeddings):
-    from rag.ingest import ingest
+    from rag.indexing import ingest
 
     ingest([corpus], batch_settings, fake_embeddings)
     local = fake_local()

@@ -31,3 +31,12 @@ def test_wheel_carries_prompts_and_data_and_finds_them(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True, check=True)
     assert str(site) in out.stdout
+
+
+def test_package_exports_stay_functions_after_submodules_load():
+    import rag
+    import rag.answer  # noqa: F401
+    import rag.indexing  # noqa: F401
+
+    assert callable(rag.ingest) and callable(rag.ask) and callable(rag.summarize)
+    assert set(rag.__all__) >= {"ingest", "search", "ask", "summarize", "summarize_batch", "run_eval", "Settings"}

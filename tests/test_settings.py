@@ -39,3 +39,4 @@ def test_with_overrides_ignores_none_and_validates(tmp_path):
     assert (changed.collection, changed.k, changed.data_dir) == ("x", settings.k, tmp_path)
     with pytest.raises(ValidationError):
         settings.with_overrides(backend="openai")
+

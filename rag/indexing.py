@@ -17,7 +17,7 @@ while this process embeds, so a hostile file costs at most ``source_timeout``.
 
 Example::
 
-    from rag.ingest import ingest, search
+    from rag.indexing import ingest, search
     report = ingest(["notes/", "https://example.org/"], Settings(collection="notes"))
     print(report.chunks_added, report.failures)
     for doc, score in search("what is X?", k=4):

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
 
 from rag.cli import EXIT_ERROR, EXIT_NOTHING_DONE, EXIT_OK, EXIT_PARTIAL, cli
-from rag.ingest import forget, ingest, list_sources, search
+from rag.indexing import forget, ingest, list_sources, search
 from rag.load import SUPPORTED_SUFFIXES
 from rag.store import IncompatibleCollection, NotIndexed, StoreBusy, open_collection, store_lock
 from tests.conftest import REPO_ROOT, SAMPLE_DATA
@@ -317,7 +317,7 @@ def test_a_hanging_source_costs_at_most_the_time_limit(settings, corpus, countin
 
 BAD_FOLDER_RUN = """
 import json, resource, sys
-from rag.ingest import ingest
+from rag.indexing import ingest
 from rag.settings import Settings
 from tests.test_ingest import CountingEmbeddings
 from rag.loader_process import shutdown
@@ -395,7 +395,7 @@ def test_a_source_that_needs_too_much_memory_fails_alone(settings, corpus, count
 
 INTERRUPTED_RUN = """
 import sys
-from rag.ingest import ingest
+from rag.indexing import ingest
 from rag.settings import Settings
 from tests.test_ingest import CountingEmbeddings
 ingest([sys.argv[1]], Settings(data_dir=sys.argv[2]), CountingEmbeddings(delay=0.4, announce=True))

@@ -319,7 +319,7 @@ BAD_FOLDER_RUN = """
 import json, resource, sys
 from rag.indexing import ingest
 from rag.settings import Settings
-from tests.test_ingest import CountingEmbeddings
+from tests.test_indexing import CountingEmbeddings
 from rag.loader_process import shutdown
 report = ingest([sys.argv[1]], Settings(data_dir=sys.argv[2]), CountingEmbeddings())
 shutdown()  # so the loader process counts among the children measured
@@ -397,7 +397,7 @@ INTERRUPTED_RUN = """
 import sys
 from rag.indexing import ingest
 from rag.settings import Settings
-from tests.test_ingest import CountingEmbeddings
+from tests.test_indexing import CountingEmbeddings
 ingest([sys.argv[1]], Settings(data_dir=sys.argv[2]), CountingEmbeddings(delay=0.4, announce=True))
 """
 

@@ -323,7 +323,9 @@ from tests.test_indexing import CountingEmbeddings
 from rag.loader_process import shutdown
 report = ingest([sys.argv[1]], Settings(data_dir=sys.argv[2]), CountingEmbeddings())
 shutdown()  # so the loader process counts among the children measured
-print(json.dumps({"report": report.to_dict(), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so it would count pytest's own memory.
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"report": report.to_dict(), "peak_rss_mb": peak_kb / 1024,
                   "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 

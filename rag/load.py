@@ -420,14 +420,6 @@ def decode_text(raw: bytes, declared: str | None = None) -> tuple[str, str]:
     return text, encoding
 
 
-def _decodes(raw: bytes, encoding: str) -> bool:
-    try:
-        raw.decode(encoding)
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def _strict_decode(raw: bytes, encoding: str) -> str:
     try:
         return raw.decode(encoding)

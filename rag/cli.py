@@ -88,7 +88,7 @@ def models(ctx: click.Context, as_json: bool) -> None:
     for model in found:
         status = f"  ! {model.error}" if model.error else ""
         click.echo(f"{model.role:<10} {model.name:<40} {model.size_bytes / 1e6:>7.1f} MB  {model.chat_format or '-':<8} {model.path}")
-        click.echo(f"{'':<10} from {model.origin}{status}")
+        click.echo(f"{'':<10} origin: {model.origin}{status}")
 
 
 @cli.command()

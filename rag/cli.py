@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from rag.errors import RagError
 from rag.settings import Settings
@@ -63,14 +64,28 @@ def json_option(command: Callable) -> Callable:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 @click.pass_context
+@handle_errors
 def cli(ctx: click.Context, verbose: int) -> None:
     """Ask questions of, and summarize, your own documents with local models only."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = Settings()
+    ctx.obj = checked_settings(Settings)
+
+
+class InvalidSettings(RagError, ValueError):
+    """A flag, ``RAG_*`` environment variable or config file value that Settings rejects."""
+
+
+def checked_settings(make: Callable[[], Settings]) -> Settings:
+    """``make()``, with pydantic's validation error turned into a one-line :class:`InvalidSettings`."""
+    try:
+        return make()
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}={item['input']!r}: {item['msg']}" for item in error.errors())
+        raise InvalidSettings(f"invalid setting: {problems} (check the flags, RAG_* environment variables and RAG_CONFIG file)") from None
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
-    return ctx.obj.with_overrides(**overrides)
+    return checked_settings(lambda: ctx.obj.with_overrides(**overrides))
 
 
 @cli.command()

@@ -20,6 +20,8 @@ import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.errors import RagError
+
 Backend = Literal["llamacpp", "gpt4all", "llamafile"]
 
 
@@ -106,12 +108,19 @@ class Settings(BaseSettings):
         return type(self)(**{**self.model_dump(), **changes})
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".toml":
-        import tomllib
+class ConfigFileError(RagError, ValueError):
+    """The file named by ``RAG_CONFIG`` is missing, unreadable, or not a TOML/JSON/YAML table."""
 
-        return tomllib.loads(text)
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    import tomllib
     import yaml  # also reads JSON
 
-    return yaml.safe_load(text) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        raise ConfigFileError(f"cannot read the RAG_CONFIG file {path}: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigFileError(f"the RAG_CONFIG file {path} must hold a table of settings, not {type(values).__name__}")
+    return values

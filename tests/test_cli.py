@@ -44,6 +44,22 @@ def test_missing_model_is_one_line_error_not_traceback(run, tmp_path):
     assert "missing.gguf" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "expected"),
+    [
+        ({"RAG_N_CTX": "lots"}, ["sources"], "invalid setting: n_ctx='lots'"),
+        ({"RAG_CONFIG": "/nonexistent/rag.toml"}, ["sources"], "cannot read the RAG_CONFIG file"),
+        ({}, ["search", "-k", "0", "lighthouse"], "invalid setting: k=0"),
+    ],
+)
+def test_bad_settings_are_one_line_errors_not_tracebacks(run, monkeypatch, env, args, expected):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = run(*args)
+    assert result.exit_code == EXIT_ERROR
+    assert expected in result.output
+
+
 def test_truncated_model_fails_cleanly_in_a_real_process(settings, tmp_path):
     bogus = tmp_path / "bad.gguf"
     bogus.write_bytes(b"GGUF" + b"\0" * 64)

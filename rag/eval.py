@@ -49,6 +49,7 @@ from rag.embed import embedding_model_id
 from rag.errors import RagError
 from rag.eval_report import AnswerResult, EvalReport, RetrievalResult, RunMetrics, RunResult
 from rag.llm import LocalLLM, load_llm
+from rag.load import is_url
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ def _as_list(value: Any, name: str, where: Any) -> list:
 
 
 def _resolve_corpus_item(item: str, base: Path) -> str:
-    if re.match(r"^https?://", item):
+    if is_url(item):
         return item
     return str((base / Path(item).expanduser()).resolve())
 
@@ -297,7 +298,7 @@ def source_matches(expected: str, source: str, title: str = "") -> bool:
     ``expected`` matches the full source, any path or URL ending with ``/expected``, or the title.
     """
     expected = expected.strip()
-    tail = expected.lstrip("./") if not re.match(r"^https?://", expected) else expected
+    tail = expected if is_url(expected) else expected.lstrip("./")
     return source == expected or source.endswith("/" + tail) or (bool(title) and title.strip().lower() == expected.lower())
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import gguf
 from safetensors.numpy import load_file
 
+from rag.atomic import write_atomic
 from rag.errors import RagError
 
 logger = logging.getLogger(__name__)
@@ -142,9 +143,7 @@ def ensure_minilm_gguf(cache_dir: Path, source_dir: Path | None = None) -> Path:
     logger.info("converting %s to %s", source_dir, out_path)
     cache_dir.mkdir(parents=True, exist_ok=True)
     convert_minilm(source_dir, out_path)
-    tmp_path = _sibling_temp_path(stamp_path)
-    tmp_path.write_text(json.dumps(stamp), encoding="utf-8")
-    os.replace(tmp_path, stamp_path)
+    write_atomic(stamp_path, json.dumps(stamp))
     return out_path
 
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from langchain_core.prompts import BasePromptTemplate, PromptTemplate
 
+from rag.atomic import write_atomic
 from rag.errors import RagError
 from rag.resources import resource_dir
 
@@ -238,7 +238,5 @@ def pull_hub_prompt(name: str, cache_dir: Path) -> BasePromptTemplate:
         ) from error
     prompt = _load_prompt_manifest(commit.manifest, f"hub prompt {name!r}")
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(f".tmp{os.getpid()}")
-    partial.write_text(json.dumps(commit.manifest), encoding="utf-8")
-    os.replace(partial, cache_file)
+    write_atomic(cache_file, json.dumps(commit.manifest))
     return prompt

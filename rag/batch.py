@@ -61,6 +61,7 @@ from rag.chains import SummarizePrompts, build_summarize_chain
 from rag.citations import cite_points, strip_markers, unique_citations
 from rag.errors import RagError
 from rag.llm import LocalLLM, load_llm
+from rag.paths import ensure_directory
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -113,6 +114,13 @@ class BatchFailure:
     source: str
     stage: str  # "load", "summarize" or "rollup"
     reason: str
+
+    @property
+    def display(self) -> str:
+        """``source (stage): reason`` on one line, for plain-text output (see :func:`rag.load.display_form`)."""
+        from rag.load import display_form
+
+        return f"{display_form(self.source)} ({self.stage}): {display_form(self.reason)}"
 
 
 @dataclass
@@ -496,6 +504,8 @@ class _ProcessEngine:
         return f"pid {self.process.pid}" if self.process is not None else "process"
 
     def start(self) -> None:
+        if self.conn is not None:  # the previous child's pipe
+            self.conn.close()
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         self.process = context.Process(target=_engine_child, args=(child, self.factory, self.settings), name="rag-batch-worker", daemon=True)
@@ -512,12 +522,14 @@ class _ProcessEngine:
         return payload
 
     def run(self, spec: JobSpec, task: DocumentTask | RollupTask, stop: threading.Event) -> TaskResult:
+        """Summarize one task in the child, first restarting it if it died; a failed restart fails this task only."""
         stage = "rollup" if isinstance(task, RollupTask) else "summarize"
-        if self.process is None or not self.process.is_alive():
-            self.start()
-            self.wait_ready(stop)
         worker = self.worker
         try:
+            if self.process is None or not self.process.is_alive():
+                self.start()
+                worker = self.worker
+                self.wait_ready(stop)
             self.conn.send((spec, task))
             _kind, result = self._receive(stop)
         except _Stopping:
@@ -525,6 +537,10 @@ class _ProcessEngine:
         except (_WorkerDied, OSError, EOFError) as error:
             self.abort()
             return TaskResult(task.number, task.source, stage=stage, reason=f"worker process ({worker}) {error}")
+        except Exception as error:  # the restarted child could not load its model; the next task tries again
+            self.abort()
+            detail = str(error) if isinstance(error, RagError) else f"{type(error).__name__}: {error}"
+            return TaskResult(task.number, task.source, stage=stage, reason=f"worker process ({worker}) could not restart: {detail}")
         return result
 
     def _receive(self, stop: threading.Event) -> tuple[str, Any]:
@@ -728,8 +744,8 @@ class BatchOutputs:
 
     def __init__(self, out_dir: Path):
         self.dir = out_dir
-        self.records_dir = out_dir / RECORDS_DIR
-        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self.records_dir = ensure_directory(out_dir, "output folder", "choose a folder you can write to for --out") / RECORDS_DIR
+        self.records_dir.mkdir(exist_ok=True)
         for folder in (self.dir, self.records_dir):  # left by a process killed mid-write
             for stale in folder.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -807,6 +823,8 @@ class BatchOutputs:
 
 def render_report(report: BatchReport) -> str:
     """The Markdown report: the corpus rollup first, then each document, then the failures."""
+    from rag.load import display_form  # a file name may hold a newline: keep each entry on its line
+
     lines = ["# Batch summary", ""]
     counts = f"{report.done} of {report.documents} documents summarized ({report.summarized} this run, {report.reused} reused)"
     if report.failures:
@@ -824,15 +842,15 @@ def render_report(report: BatchReport) -> str:
         lines.append("")
     lines += ["## Documents", ""]
     for number, record in enumerate(report.records, start=1):
-        lines += [f'<a id="doc-{number}"></a>', f"### {number}. {record.get('title') or record['source']}", ""]
+        lines += [f'<a id="doc-{number}"></a>', f"### {number}. {display_form(record.get('title') or record['source'])}", ""]
         how = "one prompt" if record["method"] == "stuff" else f"map-reduce, {record['tokens']['calls']} LLM calls"
-        lines += [f"`{record['source']}`: {record['chunks']} chunks, {how}.", ""]
+        lines += [f"`{display_form(record['source'])}`: {record['chunks']} chunks, {how}.", ""]
         for point in record["points"]:
             lines.append(f"- {point['text']}" + (f" ({_chunk_refs(point['citations'])})" if point["citations"] else " *(no source found)*"))
         lines.append("")
     if report.failures:
         lines += ["## Failures", ""]
-        lines += [f"- `{failure.source}` ({failure.stage}): {failure.reason}" for failure in report.failures]
+        lines += [f"- `{display_form(failure.source)}` ({failure.stage}): {display_form(failure.reason)}" for failure in report.failures]
         lines.append("")
     return "\n".join(lines)
 

@@ -1,9 +1,9 @@
 """LCEL chains: they take Runnables (retriever, prompt, LLM) in and give Runnables out.
 
-Every builder works with any LangChain ``BaseLanguageModel`` (the local backends
-of :mod:`rag.llm`, or a fake in tests), streams with ``.stream()``, and leaves
-model loading to the caller. Pass a :class:`rag.budget.ContextBudget` to keep
-prompts inside the model's context window.
+Every builder works with any LangChain language model Runnable (the local backends
+of :mod:`rag.llm`, with a task's stops bound by ``LocalLLM.for_task``, or a fake in
+tests), streams with ``.stream()``, and leaves model loading to the caller. Pass a
+:class:`rag.budget.ContextBudget` to keep prompts inside the model's context window.
 
 Example (Jupyter)::
 
@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.language_models import BaseLanguageModel
+from langchain_core.language_models import LanguageModelLike
 from langchain_core.messages import BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import BasePromptTemplate
@@ -57,11 +57,15 @@ def format_history(messages: Sequence[BaseMessage]) -> str:
 
 
 def build_retriever(store, k: int = 4) -> Runnable[str, list[Document]]:
-    """A retriever Runnable that records each chunk's similarity in ``metadata["score"]``."""
+    """A retriever Runnable over a ``langchain_chroma.Chroma`` store (see :func:`rag.store.open_store`).
+
+    It is :func:`rag.store.similar_chunks`, the retrieval of ``rag search`` and ``rag eval``:
+    the ``k`` nearest chunks, each text once, with the cosine similarity in ``metadata["score"]``.
+    """
+    from rag.store import similar_chunks
 
     def retrieve(query: str) -> list[Document]:
-        results = store.similarity_search_with_score(query, k=k)
-        return [Document(page_content=doc.page_content, metadata={**doc.metadata, "score": 1.0 - distance}) for doc, distance in results]
+        return similar_chunks(store._collection, store.embeddings, query, k)
 
     return RunnableLambda(retrieve, name="retriever")
 
@@ -69,7 +73,7 @@ def build_retriever(store, k: int = 4) -> Runnable[str, list[Document]]:
 # --- question answering ---------------------------------------------------------------------------
 
 
-def build_docs_qa_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[dict, str]:
+def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike) -> Runnable[dict, str]:
     """QA over given documents: ``{"context": [Document], "question": str}`` -> answer text."""
     return (
         RunnablePassthrough.assign(context=RunnablePick("context") | RunnableLambda(format_docs))
@@ -100,18 +104,35 @@ def build_context_fitter(prompt: BasePromptTemplate, budget: ContextBudget) -> R
 def build_retrieval_qa_chain(
     retriever: Runnable[str, list[Document]],
     prompt: BasePromptTemplate,
-    llm: BaseLanguageModel,
+    llm: LanguageModelLike,
     budget: ContextBudget | None = None,
 ) -> Runnable[str, dict]:
     """Retrieval QA: question -> ``{"question", "context", "budget", "answer"}``.
 
     ``context`` holds the documents the answer's citations [1], [2], ... refer to (its
     sources); ``budget`` is the :class:`rag.budget.BudgetReport` (``None`` without a budget).
-    Streaming yields the retrieval result first, then ``{"answer": token}`` chunks.
+    Streaming yields the retrieval result first, then ``{"answer": token}`` chunks. With a
+    budget, a question too long for the context raises :class:`rag.budget.ContextOverflow`
+    before anything is retrieved.
     """
     retrieve = RunnableParallel(question=RunnablePassthrough(), context=retriever)
+    if budget is not None:
+        retrieve = build_question_check(prompt, budget) | retrieve
     fitted = retrieve | _fitter(prompt, budget)
     return fitted | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+
+
+def build_question_check(prompt: BasePromptTemplate, budget: ContextBudget) -> Runnable[str, str]:
+    """Pass the question on if it fits the prompt without documents; else raise :class:`ContextOverflow`.
+
+    Run it before retrieval: a question too long to answer is refused without being embedded.
+    """
+
+    def check(question: str) -> str:
+        budget.check_base(lambda docs: prompt.invoke({"question": question, "context": format_docs(docs)}).to_string())
+        return question
+
+    return RunnableLambda(check, name="check_question")
 
 
 def _fitter(prompt: BasePromptTemplate, budget: ContextBudget | None) -> Runnable[dict, dict]:
@@ -123,7 +144,7 @@ def _fitter(prompt: BasePromptTemplate, budget: ContextBudget | None) -> Runnabl
 # --- conversational QA ----------------------------------------------------------------------------
 
 
-def build_condense_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[dict, str]:
+def build_condense_chain(prompt: BasePromptTemplate, llm: LanguageModelLike) -> Runnable[dict, str]:
     """``{"history": str, "question": str}`` -> a standalone question (one line)."""
     return {"history": itemgetter("history"), "question": itemgetter("question")} | prompt | llm | StrOutputParser() | RunnableLambda(_standalone_line)
 
@@ -149,15 +170,18 @@ def _standalone_line(text: str) -> str:
 
 def build_history_aware_question(
     condense_prompt: BasePromptTemplate,
-    llm: BaseLanguageModel,
+    llm: LanguageModelLike,
     budget: ContextBudget | None = None,
-) -> Runnable[dict, str]:
-    """``{"question", "history": [messages]}`` -> the question to retrieve and answer with.
+) -> Runnable[dict, dict]:
+    """``{"question", "history": [messages]}`` -> ``{"question", "condense"}``: the question to retrieve and answer with.
 
-    Without history the question is used as it is; with history the LLM rewrites it
-    as a standalone question, keeping the newest turns that fit the budget. When the
-    rewrite is not a question (small models tend to answer instead), the previous
-    question joined with the follow-up is used.
+    ``condense`` says how the question was made:
+
+    - ``"as_asked"``: without history (or none that fits the budget), the question as it is;
+    - ``"rewrite"``: the LLM's rewrite as a standalone question, from the newest turns
+      that fit the budget, used as it is;
+    - ``"fallback"``: the rewrite was not a question (small models tend to answer
+      instead), so the previous question joined with the follow-up.
     """
     condense = build_condense_chain(condense_prompt, llm)
 
@@ -170,20 +194,20 @@ def build_history_aware_question(
             history = history[2:]  # drop the oldest exchange
         return {"history": "", "question": inputs["question"], "messages": []}
 
-    def rewrite(values: dict) -> str:
+    def rewrite(values: dict) -> dict:
         if not values["history"]:
-            return values["question"]
+            return {"question": values["question"], "condense": "as_asked"}
         rewritten = condense.invoke(values)
         if _looks_like_question(rewritten):
-            return rewritten
+            return {"question": rewritten, "condense": "rewrite"}
         # Small models often answer instead of rewriting: then use the previous question
         # (as it was understood, first part only) with the follow-up; it names what "it" is.
         logger.info("the condense step gave %r, not a question; using the previous question with the follow-up", rewritten[:80])
         previous = next((_understood(message) for message in reversed(values["messages"]) if message.type == "human"), "")
-        return f"{previous} {values['question']}".strip()
+        return {"question": f"{previous} {values['question']}".strip(), "condense": "fallback"}
 
     return RunnableBranch(
-        (lambda inputs: not inputs.get("history"), itemgetter("question")),
+        (lambda inputs: not inputs.get("history"), RunnableLambda(lambda inputs: {"question": inputs["question"], "condense": "as_asked"})),
         RunnableLambda(condense_inputs) | RunnableLambda(rewrite, name="condense_question"),
     )
 
@@ -192,21 +216,30 @@ def build_conversational_qa_chain(
     retriever: Runnable[str, list[Document]],
     prompt: BasePromptTemplate,
     condense_prompt: BasePromptTemplate,
-    llm: BaseLanguageModel,
+    llm: LanguageModelLike,
     budget: ContextBudget | None = None,
+    *,
+    condense_llm: LanguageModelLike | None = None,
 ) -> Runnable[dict, dict]:
-    """Conversational QA: ``{"question", "history": [messages]}`` -> ``{"asked", "question", "context", "budget", "answer"}``.
+    """Conversational QA: ``{"question", "history": [messages]}`` -> ``{"asked", "question", "condense", "context", "budget", "answer"}``.
 
     A follow-up ("and its license?") is rewritten into a standalone ``question`` from
     the history (history-aware retrieval), which then drives retrieval and the answer;
-    ``asked`` is what the user typed. The caller bounds the history it passes in; a
+    ``asked`` is what the user typed and ``condense`` how the question was made (see
+    :func:`build_history_aware_question`). The caller bounds the history it passes in; a
     human message may carry ``additional_kwargs["standalone_question"]`` (how that turn
-    was understood), which the fallback of :func:`build_history_aware_question` prefers.
+    was understood), which the fallback prefers. ``condense_llm`` (default ``llm``)
+    rewrites the question, e.g. the LLM with the condense task's stops.
     """
-    standalone = build_history_aware_question(condense_prompt, llm, budget)
-    prepare = RunnableParallel(asked=itemgetter("question"), question=standalone)
+    standalone = build_history_aware_question(condense_prompt, condense_llm or llm, budget)
+    prepare = RunnableParallel(asked=itemgetter("question"), standalone=standalone) | RunnableLambda(
+        lambda state: {"asked": state["asked"], **state["standalone"]}, name="standalone_question"
+    )
     retrieve = RunnablePassthrough.assign(context=itemgetter("question") | retriever)
-    return prepare | retrieve | _fitter(prompt, budget) | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+    chain = prepare | retrieve | _fitter(prompt, budget) | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+    if budget is None:
+        return chain
+    return RunnablePassthrough.assign(question=itemgetter("question") | build_question_check(prompt, budget)) | chain
 
 
 # --- summarization --------------------------------------------------------------------------------
@@ -225,7 +258,7 @@ class SummarizePrompts:
         return cls(get_prompt(family, "summarize"), get_prompt(family, "map"), get_prompt(family, "reduce"))
 
 
-def build_stuff_chain(prompt: BasePromptTemplate, llm: BaseLanguageModel) -> Runnable[list[Document], str]:
+def build_stuff_chain(prompt: BasePromptTemplate, llm: LanguageModelLike) -> Runnable[list[Document], str]:
     """Summarize documents in one prompt: ``{"docs": format_docs} | prompt | llm | parser``."""
     return {"docs": RunnableLambda(format_docs)} | prompt | llm | StrOutputParser()
 
@@ -236,7 +269,7 @@ def join_summaries(summaries: Sequence[str]) -> str:
 
 def build_summarize_chain(
     prompts: SummarizePrompts,
-    llm: BaseLanguageModel,
+    llm: LanguageModelLike,
     budget: ContextBudget | None = None,
     *,
     max_concurrency: int = 1,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -38,6 +40,9 @@ def handle_errors(command: Callable) -> Callable:
         except RagError as error:
             click.secho(f"error: {error}", fg="red", err=True)
             sys.exit(EXIT_ERROR)
+        except click.UsageError as error:  # found by the command itself: one line too, not click's usage block
+            click.secho(f"error: {error.format_message()}", fg="red", err=True)
+            sys.exit(EXIT_USAGE)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
@@ -50,10 +55,14 @@ def store_options(command: Callable) -> Callable:
     return click.option("--store", "store_dir", type=click.Path(file_okay=False), help="Store directory [default: settings].")(command)
 
 
+def backend_options(command: Callable) -> Callable:
+    command = click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")(command)
+    return click.option("--server", "llamafile_url", metavar="URL", help="llama.cpp / llamafile server URL (implies --backend llamafile).")(command)
+
+
 def model_options(command: Callable) -> Callable:
     command = click.option("--prompt", help="Prompt name or family (chatml, llama2, rlm/rag-prompt, ...) [default: detected].")(command)
-    command = click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")(command)
-    command = click.option("--server", "llamafile_url", help="llama.cpp / llamafile server URL for --backend llamafile.")(command)
+    command = backend_options(command)
     return click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")(command)
 
 
@@ -85,7 +94,32 @@ def checked_settings(make: Callable[[], Settings]) -> Settings:
 
 
 def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+    """The group's Settings with this command's flags applied (``None``: flag not given)."""
+    overrides["backend"] = implied_backend(overrides.get("backend"), overrides.get("llamafile_url") is not None)
     return checked_settings(lambda: ctx.obj.with_overrides(**overrides))
+
+
+def implied_backend(backend: str | None, server_given: bool) -> str | None:
+    """``--server`` means the llamafile backend; with another ``--backend`` it is a usage error."""
+    if not server_given:
+        return backend
+    if backend not in (None, "llamafile"):
+        raise click.UsageError(f"--server needs the llamafile backend, not --backend {backend}: drop --backend or --server")
+    return "llamafile"
+
+
+def require_text(text: str, what: str, example: str) -> str:
+    """``text``, or a usage error when it is empty or only whitespace (checked before anything loads)."""
+    if not text.strip():
+        raise click.UsageError(f"the {what} is empty: give one, e.g. {example}")
+    return text
+
+
+def output_folder(path: str | os.PathLike, what: str) -> Path:
+    """The ``--out`` folder, created and checked before any work starts."""
+    from rag.paths import ensure_directory
+
+    return ensure_directory(path, what, "choose a folder you can write to for --out")
 
 
 @cli.command()
@@ -203,6 +237,7 @@ def ingest(
 @handle_errors
 def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **options: Any) -> None:
     """Show the chunks most similar to QUERY, with score, source and title."""
+    require_text(query, "query", 'rag search "lighthouse keeper"')
     from rag.indexing import search as run_search
 
     settings = settings_from(ctx, k=k, **options)
@@ -292,6 +327,7 @@ def echo_sources(sources: list) -> None:
 @handle_errors
 def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: int | None, **options: Any) -> None:
     """Answer QUESTION from the indexed documents, then list its sources."""
+    require_text(question, "question", 'rag ask "When was the lighthouse first lit?"')
     from rag.answer import Assistant
 
     assistant = Assistant(settings_from(ctx, k=k, **options))
@@ -411,7 +447,9 @@ def batch_summarize(
 
     if not inputs and not from_store:
         raise click.UsageError("give files, folders or URLs to summarize, or --from-store")
+    options["backend"] = implied_backend(options.get("backend"), bool(servers))
     settings = settings_from(ctx, **options)
+    output_folder(out_dir, "output folder")
     progress = not as_json and sys.stderr.isatty()
     try:
         report = summarize_batch(
@@ -447,6 +485,7 @@ def comma_list(value: str | None) -> list[str] | None:
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Answer budget in tokens [default: 256].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for eval.md, eval.json and eval.png [default: DATA_DIR/evals/TIME].")
 @click.option("--ingest", "ingest_paths", multiple=True, metavar="PATH", help="Ingest PATH first (repeatable) [default: the file's corpus, if the store is empty].")
+@backend_options
 @store_options
 @json_option
 @click.pass_context
@@ -469,11 +508,12 @@ def eval_command(
     from rag.eval import default_out_dir, run_eval
 
     settings = settings_from(ctx, **options)
+    out = output_folder(out_dir, "eval output folder") if out_dir else default_out_dir(settings)
     progress = not as_json and sys.stderr.isatty()
     report = run_eval(
         questions_file, settings, comma_list(models), comma_list(prompts), ingest=list(ingest_paths) or None, progress=progress
     )
-    files = report.write(out_dir or default_out_dir(settings))
+    files = report.write(out)
     if as_json:
         emit_json(report.to_dict())
     else:

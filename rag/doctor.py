@@ -50,10 +50,11 @@ def check_default_llm(settings: Settings) -> Check:
 
 
 def check_embedder(settings: Settings) -> Check:
-    from rag.embed import embedding_model_id, load_embeddings
+    from rag.embed import embedder_id, load_embeddings
 
-    vector = load_embeddings(settings).embed_query("readiness check")
-    return Check("embedding model", True, f"{embedding_model_id(settings)} loads, dimension {len(vector)}")
+    embeddings = load_embeddings(settings)
+    vector = embeddings.embed_query("readiness check")
+    return Check("embedding model", True, f"{embedder_id(embeddings)} loads, dimension {len(vector)}")
 
 
 def check_llama_cpp_build(settings: Settings) -> Check:

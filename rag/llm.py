@@ -3,6 +3,9 @@
 :func:`load_llm` is the only place that picks a backend. It returns a
 :class:`LocalLLM`: the LangChain ``LLM`` Runnable plus what the chains need to
 know about it (prompt family, stop sequences, context size, a token counter).
+The LLM stops every call at the family's end-of-turn markers and the user's extra
+stops; :meth:`LocalLLM.for_task` adds a task's own stops (a QA answer may end at
+a blank line, a summary must not).
 
 Example::
 
@@ -14,9 +17,11 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +29,7 @@ from typing import Any
 
 import requests
 from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import LanguageModelLike
 from langchain_core.language_models.llms import LLM, BaseLLM
 from langchain_core.outputs import GenerationChunk
 from pydantic import ConfigDict, PrivateAttr
@@ -31,7 +37,7 @@ from pydantic import ConfigDict, PrivateAttr
 from rag.errors import RagError
 from rag.models import InvalidModelFile, read_gguf_metadata, resolve_llm_path
 from rag.native import quiet_native_stderr
-from rag.prompts import choose_family, get_family
+from rag.prompts import choose_family, get_family, get_spec
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,7 +61,16 @@ class LocalLLM:
 
     @property
     def stop(self) -> list[str]:
+        """The family's stop sequences, which end every call (``llm`` carries them)."""
         return list(get_family(self.family).stop)
+
+    def for_task(self, kind: str) -> LanguageModelLike:
+        """The LLM with the stop sequences of one task (``rag``, ``condense``, ...) added to its own.
+
+        Summaries (``summarize``, ``map``, ``reduce``) have none of their own: they get :attr:`llm`.
+        """
+        stop = list(get_spec(self.family, kind).stop)
+        return self.llm.bind(stop=stop) if stop else self.llm
 
 
 def load_llm(settings: Settings) -> LocalLLM:
@@ -76,14 +91,31 @@ def load_llm(settings: Settings) -> LocalLLM:
 
 
 def _stop_sequences(family: str, settings: Settings) -> list[str]:
+    """Stops for every call: the family's end-of-turn markers and the user's extra stops."""
     return list(dict.fromkeys([*get_family(family).stop, *settings.stop]))
 
 
-def _build_llamacpp(path: Path, stop: list[str], settings: Settings) -> BaseLLM:
+@functools.cache
+def _llamacpp_class() -> type[BaseLLM]:
+    """LangChain's ``LlamaCpp``, taking a call's stop sequences in addition to its own.
+
+    LangChain's raises when both are given; a task's stops (:meth:`LocalLLM.for_task`)
+    must add to the end-of-turn markers the LLM carries for every call.
+    """
     from langchain_community.llms import LlamaCpp
 
+    class StopMergingLlamaCpp(LlamaCpp):
+        def _get_parameters(self, stop: list[str] | None = None) -> dict[str, Any]:
+            params = super()._get_parameters(None)
+            params["stop"] = list(dict.fromkeys([*params["stop"], *(stop or [])]))
+            return params
+
+    return StopMergingLlamaCpp
+
+
+def _build_llamacpp(path: Path, stop: list[str], settings: Settings) -> BaseLLM:
     try:
-        return LlamaCpp(
+        return _llamacpp_class()(
             model_path=str(path),
             n_ctx=settings.n_ctx,
             n_batch=settings.n_batch,
@@ -124,28 +156,54 @@ GPT4ALL_PRE_TOKENIZER_COMPAT = {"smollm": "starcoder"}
 
 
 def gpt4all_compatible_copy(path: Path, pre_tokenizer: str | None, cache_dir: Path) -> Path:
-    """Return ``path``, or a cached copy whose ``tokenizer.ggml.pre`` gpt4all 2.8.2 understands."""
+    """Return ``path``, or a cached copy whose ``tokenizer.ggml.pre`` gpt4all 2.8.2 understands.
+
+    The copy is written to a temporary name and renamed when complete, under a lock, so a
+    process that dies mid-write never leaves a partial file under the copy's name; the
+    temporary files such a process left are removed by the next writer.
+    """
     replacement = GPT4ALL_PRE_TOKENIZER_COMPAT.get(pre_tokenizer or "")
     if replacement is None:
         return path
     stat = path.stat()
-    target = cache_dir / "models" / "gpt4all" / f"{path.stem}.{stat.st_size}-{stat.st_mtime_ns}.gguf"
+    folder = cache_dir / "models" / "gpt4all"
+    target = folder / f"{path.stem}.{stat.st_size}-{stat.st_mtime_ns}.gguf"
     if target.is_file():
         return target
+    import filelock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(str(folder / f".{target.name}.lock")):
+        if target.is_file():  # another process wrote it while we waited
+            return target
+        # Every writer holds the lock: a temporary file seen now was left by one that died.
+        for stale in [*folder.glob(f".{target.name}.*.tmp"), *folder.glob(f"{target.stem}.tmp*")]:
+            logger.info("removing %s, a partial copy left by an interrupted run", stale.name)
+            stale.unlink(missing_ok=True)
+        logger.info("writing a gpt4all-compatible copy of %s (pre-tokenizer %s -> %s)", path.name, pre_tokenizer, replacement)
+        partial = folder / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            _write_with_pre_tokenizer(path, partial, replacement)
+            os.replace(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    return target
+
+
+def _write_with_pre_tokenizer(source: Path, destination: Path, pre_tokenizer: str) -> None:
+    """Copy a GGUF to ``destination`` with ``tokenizer.ggml.pre`` replaced, flushed to disk."""
     import gguf
 
-    logger.info("writing a gpt4all-compatible copy of %s (pre-tokenizer %s -> %s)", path.name, pre_tokenizer, replacement)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    reader = gguf.GGUFReader(path, "r")
+    reader = gguf.GGUFReader(source, "r")
     architecture = reader.get_field("general.architecture").contents()
-    partial = target.with_suffix(f".tmp{os.getpid()}")
-    writer = gguf.GGUFWriter(partial, architecture, endianess=reader.endianess)
+    writer = gguf.GGUFWriter(destination, architecture, endianess=reader.endianess)
     for item in reader.fields.values():
         if item.name == "general.architecture" or item.name.startswith("GGUF."):
             continue
         value_type = item.types[0]
         sub_type = item.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        value = replacement if item.name == "tokenizer.ggml.pre" else item.contents()
+        value = pre_tokenizer if item.name == "tokenizer.ggml.pre" else item.contents()
         writer.add_key_value(item.name, value, value_type, sub_type=sub_type)
     for tensor in reader.tensors:
         writer.add_tensor_info(tensor.name, tensor.data.shape, tensor.data.dtype, tensor.data.nbytes, tensor.tensor_type)
@@ -155,8 +213,8 @@ def gpt4all_compatible_copy(path: Path, pre_tokenizer: str | None, cache_dir: Pa
     for tensor in reader.tensors:
         writer.write_tensor_data(tensor.data, tensor_endianess=reader.endianess)
     writer.close()
-    os.replace(partial, target)
-    return target
+    with open(destination, "rb+") as written:
+        os.fsync(written.fileno())
 
 
 class GPT4AllLLM(LLM):
@@ -311,16 +369,11 @@ class LlamafileLLM(LLM):
         url = f"{self.base_url.rstrip('/')}/completion"
         try:
             response = requests.post(url, json=payload, stream=True, timeout=(min(10.0, self.request_timeout), self.request_timeout))
-        except requests.exceptions.Timeout as error:
-            raise LLMBackendError(f"llama.cpp server at {self.base_url} did not answer within {self.request_timeout:g} s") from error
-        except requests.exceptions.ConnectionError as error:
-            raise LLMBackendError(
-                f"cannot reach a llama.cpp server at {self.base_url}: is it running? "
-                "Start one with `llama-server -m MODEL.gguf --port 8080` or set RAG_LLAMAFILE_URL."
-            ) from error
+        except requests.exceptions.RequestException as error:
+            raise _request_failed(error, self.base_url, self.request_timeout) from error
         with response:
             if response.status_code != 200:
-                raise LLMBackendError(f"llama.cpp server at {self.base_url} answered HTTP {response.status_code}: {response.text[:300]}")
+                raise LLMBackendError(f"llama.cpp server at {self.base_url} answered HTTP {response.status_code}: {_one_line(response.text)}")
             try:
                 for line in response.iter_lines(decode_unicode=True):
                     event = _parse_server_event(line, self.base_url)
@@ -334,6 +387,22 @@ class LlamafileLLM(LLM):
                 raise LLMBackendError(f"llama.cpp server at {self.base_url} failed mid-stream: {error}") from error
         # A stream that ends without its final event was cut off: never pass a partial answer as whole.
         raise LLMBackendError(f"llama.cpp server at {self.base_url} closed the stream before the answer was complete")
+
+
+def _request_failed(error: requests.exceptions.RequestException, base_url: str, timeout: float, doing: str = "") -> LLMBackendError:
+    """The one-line error for a request to the server that got no reply (``doing``: what it was for)."""
+    if isinstance(error, requests.exceptions.Timeout):
+        return LLMBackendError(f"llama.cpp server at {base_url} did not answer within {timeout:g} s{doing}")
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return LLMBackendError(
+            f"cannot reach a llama.cpp server at {base_url}{doing}: is it running? "
+            "Start one with `llama-server -m MODEL.gguf --port 8080` or set RAG_LLAMAFILE_URL."
+        )
+    return LLMBackendError(f"request to the llama.cpp server at {base_url} failed{doing}: {_one_line(str(error))}")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
 
 
 def _parse_server_event(line: str, base_url: str) -> dict | None:
@@ -380,11 +449,24 @@ def _load_llamafile(settings: Settings) -> LocalLLM:
         stop=_stop_sequences(family, settings),
     )
 
-    def count_tokens(text: str) -> int:
-        response = requests.post(
-            f"{settings.llamafile_url.rstrip('/')}/tokenize", json={"content": text, "add_special": True}, timeout=settings.request_timeout
-        )
-        response.raise_for_status()
-        return len(response.json()["tokens"])
+    counter = _server_token_counter(settings.llamafile_url, settings.request_timeout)
+    return LocalLLM(llm, "llamafile", model_name, family, n_ctx, settings.max_tokens, counter)
 
-    return LocalLLM(llm, "llamafile", model_name, family, n_ctx, settings.max_tokens, count_tokens)
+
+def _server_token_counter(base_url: str, timeout: float) -> Callable[[str], int]:
+    """Count tokens with the server's tokenizer (``/tokenize``); any failure is an LLMBackendError."""
+    url = f"{base_url.rstrip('/')}/tokenize"
+
+    def count_tokens(text: str) -> int:
+        try:
+            response = requests.post(url, json={"content": text, "add_special": True}, timeout=(min(10.0, timeout), timeout))
+        except requests.exceptions.RequestException as error:
+            raise _request_failed(error, base_url, timeout, " (counting tokens)") from error
+        if response.status_code != 200:
+            raise LLMBackendError(f"llama.cpp server at {base_url} answered HTTP {response.status_code} to /tokenize: {_one_line(response.text)}")
+        try:
+            return len(response.json()["tokens"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise LLMBackendError(f"unexpected /tokenize reply from llama.cpp server at {base_url}: {_one_line(response.text)}") from error
+
+    return count_tokens

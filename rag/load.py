@@ -7,8 +7,9 @@ LangChain ``Document`` objects, one per PDF page and one for anything else, with
 that cannot be read raises :class:`LoadError` with a reason a user can act on.
 
 - Text (``.txt``, ``.md``, ``.rst``): the encoding is taken from a byte-order
-  mark, else UTF-8, else detected; decoding is strict, so no character is ever
-  dropped silently, and binary data is refused.
+  mark, else UTF-16 when every other byte is NUL, else UTF-8, else detected;
+  decoding is strict, so no character is ever dropped silently, and binary data
+  is refused.
 - HTML: the charset from the HTTP header, a BOM or ``<meta charset>``; scripts
   and styles always go, and site boilerplate (``nav``, ``header``, ``footer``,
   ``aside``, navigation roles and classes) goes unless ``strip_boilerplate`` is
@@ -28,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import codecs
+import errno
 import fnmatch
 import hashlib
 import logging
@@ -82,6 +84,23 @@ class UnsupportedSource(LoadError):
 class LoadFailure:
     source: str
     reason: str
+
+    @property
+    def display(self) -> str:
+        """``source: reason`` on one line, for plain-text output (see :func:`display_form`)."""
+        return f"{display_form(self.source)}: {display_form(self.reason)}"
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def display_form(text: str) -> str:
+    """``text`` as one printable line: control characters (newlines, tabs, terminal escapes), line separators
+    and undecodable bytes of file names are written as Python escapes (``\\n``, ``\\x1b``, ``\\udcff``).
+
+    For plain-text output of sources and reasons; JSON output keeps the text as it is.
+    """
+    return _UNPRINTABLE.sub(lambda match: repr(match.group())[1:-1], text)
 
 
 @dataclass(frozen=True)
@@ -169,7 +188,8 @@ def expand_inputs(
     ``/`` matches file or folder names (``*.md``, ``drafts``); one with ``/`` matches
     the path relative to the folder given (``docs/*.md``; ``*`` also crosses ``/``).
     Files named directly are taken whatever their type, so that an unsupported one
-    is reported.
+    is reported. A symbolic link that leads back to itself, named or found in a
+    folder (unless hidden or excluded), is a failure: a symlink loop.
     """
     found = ExpandedInputs()
     seen: set[str] = set()
@@ -182,19 +202,26 @@ def expand_inputs(
     for item in inputs:
         text = os.fspath(item)
         if is_url(text):
-            add(normalize_url(text))
+            try:
+                add(normalize_url(text))
+            except ValueError as error:  # e.g. an unclosed [IPv6 address
+                found.failures.append(LoadFailure(text, f"not a valid URL: {error}"))
             continue
         path = Path(text).expanduser()
         if path.is_dir():
             folder = path.resolve()
             found.folders.append(str(folder))
             before = len(found.sources)
-            for file in iter_files(folder, include, exclude, include_hidden):
+            files, loops = _walk_folder(folder, include, exclude, include_hidden)
+            for file in files:
                 add(str(file))
+            found.failures.extend(LoadFailure(str(loop), SYMLINK_LOOP) for loop in loops)
             if len(found.sources) == before:
                 found.failures.append(LoadFailure(str(folder), _nothing_found_reason(include, exclude)))
         elif path.exists():
             add(str(path.resolve()))
+        elif _is_symlink_loop(path):
+            found.failures.append(LoadFailure(str(Path(os.path.abspath(path))), SYMLINK_LOOP))
         else:
             absolute = str(Path(os.path.abspath(path)))
             found.missing.append(absolute)
@@ -215,8 +242,18 @@ def iter_files(
     folder: Path, include: Sequence[str] = (), exclude: Sequence[str] = (), include_hidden: bool = False
 ) -> Iterator[Path]:
     """Supported files below ``folder`` (resolved paths, sorted), see :func:`expand_inputs`."""
+    yield from _walk_folder(folder, include, exclude, include_hidden)[0]
+
+
+def _walk_folder(folder: Path, include: Sequence[str], exclude: Sequence[str], include_hidden: bool) -> tuple[list[Path], list[Path]]:
+    """(supported files, resolved and sorted; symlink loops) below ``folder``.
+
+    A link that loops is neither file nor folder, so type and ``include`` cannot say
+    whether it was wanted: every one not hidden or excluded is reported.
+    """
     visited: set[tuple[int, int]] = set()
     results: set[Path] = set()
+    loops: list[Path] = []
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=lambda error: logger.warning("skipping %s", error)):
         try:
             stat = os.stat(root)
@@ -234,24 +271,33 @@ def iter_files(
             if (include_hidden or not name.startswith("."))
             and not _matches_any(relative_root / name, exclude)
         )
-        for name in files:
+        for name in sorted(files):
             if not include_hidden and name.startswith("."):
                 continue
             relative = relative_root / name
-            if Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
-                continue
-            if include and not _matches_any(relative, include):
-                continue
             if _matches_any(relative, exclude):
                 continue
             path = Path(root) / name
+            wanted = Path(name).suffix.lower() in SUPPORTED_SUFFIXES and not (include and not _matches_any(relative, include))
             try:
-                if not path.is_file():
-                    continue
-                results.add(path.resolve())
+                if wanted and path.is_file():
+                    results.add(path.resolve())
+                elif _is_symlink_loop(path):
+                    loops.append(path)
             except OSError:
                 continue
-    yield from sorted(results)
+    return sorted(results), loops
+
+
+SYMLINK_LOOP = "symlink loop: following the link leads back to it, never to a file or folder"
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as error:
+        return error.errno == errno.ELOOP
+    return False
 
 
 def _matches_any(relative: PurePosixPath, patterns: Sequence[str]) -> bool:
@@ -381,15 +427,25 @@ _WINDOWS_1252_LABELS = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "u
 def decode_text(raw: bytes, declared: str | None = None) -> tuple[str, str]:
     """Decode bytes to text strictly; returns (text, encoding).
 
-    Order: byte-order mark, the declared charset, UTF-8, then detection
-    (charset-normalizer). Raises :class:`LoadError` for binary data or bytes that
-    no encoding decodes without loss.
+    Order: byte-order mark, UTF-16 without one (NULs in every other byte), the
+    declared charset, UTF-8, then detection (charset-normalizer). Raises
+    :class:`LoadError` for binary data or bytes that no encoding decodes without loss.
     """
     if not raw:
         raise LoadError("empty file")
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
             return _strict_decode(raw, encoding), encoding
+    byte_order = _utf16_byte_order(raw)
+    if byte_order is not None:  # before UTF-8: all-ASCII UTF-16 is valid UTF-8 too, NULs and all
+        encoding = f"utf-16-{byte_order}"
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError:
+            pass
+        else:
+            _refuse_binary(text)
+            return text, encoding
     candidates: list[str] = []
     if declared:
         label = declared.strip().lower()
@@ -402,7 +458,7 @@ def decode_text(raw: bytes, declared: str | None = None) -> tuple[str, str]:
             continue
         _refuse_binary(text)
         return text, encoding
-    if b"\x00" in raw[:65536] and not _looks_like_utf16(raw):
+    if b"\x00" in raw[:65536] and _utf16_byte_order(raw) is None:
         raise LoadError("binary data, not text (NUL bytes); is the file extension right?")
     from charset_normalizer import from_bytes
 
@@ -427,12 +483,15 @@ def _strict_decode(raw: bytes, encoding: str) -> str:
         raise LoadError(f"not valid {encoding} text at byte {error.start}: {error.reason}") from None
 
 
-def _looks_like_utf16(raw: bytes) -> bool:
+def _utf16_byte_order(raw: bytes) -> str | None:
+    """``"le"`` or ``"be"`` when NULs fill one byte of many pairs and hardly any of the other (UTF-16 text), else ``None``."""
     sample = raw[:4096]
     even_nuls = sample[0::2].count(0)
     odd_nuls = sample[1::2].count(0)
     half = max(len(sample) // 2, 1)
-    return max(even_nuls, odd_nuls) > 0.3 * half and min(even_nuls, odd_nuls) < 0.05 * half
+    if max(even_nuls, odd_nuls) <= 0.3 * half or min(even_nuls, odd_nuls) >= 0.05 * half:
+        return None
+    return "le" if odd_nuls > even_nuls else "be"  # little-endian ASCII: the letter, then NUL
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
@@ -696,14 +755,19 @@ class LoadResult:
 
 
 def load_sources(
-    inputs: Iterable[str | os.PathLike], options: LoadOptions | None = None, include: Sequence[str] = (), exclude: Sequence[str] = ()
+    inputs: Iterable[str | os.PathLike],
+    options: LoadOptions | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
 ) -> LoadResult:
-    """Load everything under ``inputs`` in this process; failures are collected, not raised.
+    """Load everything under ``inputs`` in this process, without limits; failures are collected, not raised.
 
-    :func:`rag.indexing.ingest` loads in a separate, time- and memory-limited process instead.
+    :func:`rag.indexing.ingest` and :func:`rag.answer.load_documents` load in a separate,
+    time- and memory-limited process instead (:mod:`rag.loader_process`).
     """
     options = options or LoadOptions()
-    found = expand_inputs(inputs, include, exclude)
+    found = expand_inputs(inputs, include, exclude, include_hidden)
     result = LoadResult(failures=list(found.failures), sources=list(found.sources))
     for source in found.sources:
         try:

@@ -29,9 +29,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rag.errors import RagError
 from rag.load import LoadOptions, RawSource
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class LoadRequest:
     chunk_overlap: int = 0
     known_hash: str | None = None  # skip parsing when the bytes still hash to this
     raw: RawSource | None = None  # the bytes, when the caller has read them already
+    split: bool = True  # False: the outcome's chunks are the whole documents (one per PDF page, else one)
 
 
 @dataclass
@@ -75,7 +78,6 @@ def check_unchanged(request: LoadRequest) -> LoadOutcome | LoadRequest:
 
     URLs are left to :func:`load_and_split` in the child, where a hard time limit applies.
     """
-    from rag.errors import RagError
     from rag.load import is_url, read_source
 
     if is_url(request.source):
@@ -91,7 +93,6 @@ def check_unchanged(request: LoadRequest) -> LoadOutcome | LoadRequest:
 
 def load_and_split(request: LoadRequest) -> LoadOutcome:
     """Read, parse and split one source (in whatever process calls it); never raises for bad input."""
-    from rag.errors import RagError
     from rag.load import parse_source, read_source
     from rag.split import split_documents
 
@@ -101,7 +102,7 @@ def load_and_split(request: LoadRequest) -> LoadOutcome:
             return LoadOutcome(request.source, "unchanged", content_hash=raw.content_hash)
         loaded = parse_source(raw, request.options)
         del raw
-        chunks = split_documents(loaded.documents, request.chunk_size, request.chunk_overlap)
+        chunks = split_documents(loaded.documents, request.chunk_size, request.chunk_overlap) if request.split else loaded.documents
         return LoadOutcome(
             request.source,
             "loaded",
@@ -124,8 +125,8 @@ def load_and_split(request: LoadRequest) -> LoadOutcome:
         return LoadOutcome(request.source, "failed", reason=f"unexpected {type(error).__name__}: {str(error)[:300]}")
 
 
-class LoaderCrashed(RuntimeError):
-    pass
+class LoaderCrashed(RagError, RuntimeError):
+    """The loader process died or was stopped; the message says how."""
 
 
 class LoaderProcess:
@@ -134,13 +135,17 @@ class LoaderProcess:
     def __init__(self, memory_mb: int) -> None:
         self.memory_mb = memory_mb
         quiet = not logging.getLogger("rag").isEnabledFor(logging.DEBUG)
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _child_command(memory_mb)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL if quiet else None,
-            close_fds=True,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _child_command(memory_mb)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL if quiet else None,
+                close_fds=True,
+            )
+        except OSError as error:
+            raise LoaderCrashed(f"cannot start the loader process: {error.strerror or error}") from None
+        self.busy = False  # a request was sent and its answer not read: never reuse it
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -151,6 +156,7 @@ class LoaderProcess:
         Raises ``TimeoutError`` (the child is then killed) or :class:`LoaderCrashed`.
         """
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        self.busy = True
         try:
             self.process.stdin.write(_HEADER.pack(len(payload)) + payload)
             self.process.stdin.flush()
@@ -169,7 +175,9 @@ class LoaderProcess:
         if not body:
             self.kill()
             raise LoaderCrashed("loader process stopped while answering")
-        return pickle.loads(body)
+        outcome = pickle.loads(body)
+        self.busy = False
+        return outcome
 
     def _death(self) -> str:
         try:
@@ -254,10 +262,13 @@ def _borrow(memory_mb: int) -> LoaderProcess:
 
 
 def _give_back(process: LoaderProcess) -> None:
-    if not process.alive():
+    """Pool an idle child; one still working on a request (its answer unread) is killed instead."""
+    if process.busy or not process.alive():
+        process.kill()
         return
     with _idle_lock:
-        _idle.append(process)
+        if process not in _idle:
+            _idle.append(process)
 
 
 @atexit.register
@@ -284,12 +295,17 @@ class IsolatedLoader:
         self._aborted = False
 
     def load(self, request: LoadRequest) -> LoadOutcome:
+        """The outcome of one request; a timeout or a crash of the child is a ``failed`` outcome.
+
+        Raises :class:`LoaderCrashed` once :meth:`abort` (or :meth:`close` mid-request) stopped loading.
+        """
         with self._lock:
             if self._aborted:
                 raise LoaderCrashed("loading was stopped")
             if self._process is None or not self._process.alive():
                 self._process = _borrow(self.memory_mb)
             process = self._process
+            process.busy = True  # from here on, close() in another thread must not pool it
         try:
             outcome = process.run(request, self.timeout)
             if outcome.retire:
@@ -301,12 +317,15 @@ class IsolatedLoader:
         except LoaderCrashed as error:
             self._forget(process)
             if self._aborted:
-                raise
+                raise LoaderCrashed("loading was stopped") from None
             return LoadOutcome(request.source, "failed", reason=str(error))
-        except (OSError, ValueError):  # the pipes were closed under us by abort()
+        except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:  # pipes closed under us by abort(), or a garbled answer
             self._forget(process)
             if self._aborted:
                 raise LoaderCrashed("loading was stopped") from None
+            return LoadOutcome(request.source, "failed", reason=f"loader process failed: {type(error).__name__}: {str(error)[:200]}")
+        except BaseException:  # Ctrl-C mid-request: the child is still working on it, so it cannot be reused
+            self._forget(process)
             raise
 
     def _forget(self, process: LoaderProcess) -> None:
@@ -323,9 +342,11 @@ class IsolatedLoader:
             process.kill()
 
     def close(self) -> None:
-        """Return the idle child to the pool for the next run."""
+        """Return the idle child to the pool for the next run; one still loading (another thread's request) is stopped."""
         with self._lock:
             process, self._process = self._process, None
+            if process is not None and process.busy:
+                self._aborted = True  # the request in flight ends with LoaderCrashed, not with an answer
         if process is not None:
             _give_back(process)
 
@@ -340,6 +361,21 @@ def load_isolated(request: LoadRequest, timeout: float, memory_mb: int) -> LoadO
     """:func:`load_and_split` in a child process, killed after ``timeout`` seconds."""
     with IsolatedLoader(timeout, memory_mb) as loader:
         return loader.load(request)
+
+
+def load_each(requests: Iterable[LoadRequest], timeout: float, memory_mb: int, isolate: bool = True) -> Iterator[LoadOutcome]:
+    """The outcomes of ``requests`` in order, each loaded in the limited child process.
+
+    With ``isolate`` off, or where the child cannot run (not POSIX), they load in this
+    process without limits, as :func:`rag.indexing.ingest` does then.
+    """
+    if not isolate or os.name != "posix":
+        for request in requests:
+            yield load_and_split(request)
+        return
+    with IsolatedLoader(timeout, memory_mb) as loader:
+        for request in requests:
+            yield loader.load(request)
 
 
 # --- the child ------------------------------------------------------------------------------------

@@ -16,7 +16,10 @@ Example::
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
+import mmap
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,6 +116,95 @@ def _read_metadata_cached(path: Path, size: int, mtime_ns: int) -> GGUFMetadata:
         context_length=field(f"{arch}.context_length"),
         embedding_length=field(f"{arch}.embedding_length"),
     )
+
+
+@dataclass(frozen=True)
+class GGUFFingerprint:
+    """What tells one GGUF model file from another, without hashing its tensor data.
+
+    ``header_sha256`` covers the header, every key-value pair and every tensor's name,
+    shape, type and offset (all bytes before the tensor data), so another quantization,
+    architecture or vocabulary of the same model changes it; ``size`` is the file size.
+    """
+
+    size: int
+    header_sha256: str
+    embedding_length: int | None  # ``{architecture}.embedding_length``, when the file has it
+
+
+# GGUF value types: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+_GGUF_FIXED = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_fingerprint(path: Path) -> GGUFFingerprint:
+    """Size and header hash of a GGUF file (version 2 or 3); raises :class:`InvalidModelFile` on a damaged one."""
+    path = Path(path).resolve()
+    check_gguf_magic(path)
+    stat = path.stat()
+    return _fingerprint_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint_cached(path: Path, size: int, mtime_ns: int) -> GGUFFingerprint:
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            end, values = _walk_gguf_header(data)
+        except (struct.error, UnicodeDecodeError, ValueError) as error:
+            raise InvalidModelFile(f"unreadable GGUF file {path}: {error}. Is it truncated? Copy it again.") from None
+        digest = hashlib.sha256(data[:end]).hexdigest()
+    architecture = values.get("general.architecture")
+    length = values.get(f"{architecture}.embedding_length")
+    return GGUFFingerprint(size, digest, length if isinstance(length, int) else None)
+
+
+def _walk_gguf_header(data) -> tuple[int, dict[str, object]]:
+    """(offset just past the tensor infos, the scalar and string values of the header) of a GGUF file."""
+    version, tensors, pairs = struct.unpack_from("<IQQ", data, 4)
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} is not supported (2 and 3 are)")
+    offset = 24
+    values: dict[str, object] = {}
+
+    def read_string(at: int) -> tuple[str, int]:
+        (length,) = struct.unpack_from("<Q", data, at)
+        end = at + 8 + length
+        if end > len(data):
+            raise ValueError("a string runs past the end of the file")
+        return data[at + 8 : end].decode("utf-8"), end
+
+    def skip_value(kind: int, at: int) -> int:
+        if kind in _GGUF_FIXED:
+            return at + struct.calcsize(_GGUF_FIXED[kind])
+        if kind == _GGUF_STRING:
+            (length,) = struct.unpack_from("<Q", data, at)
+            return at + 8 + length
+        if kind == _GGUF_ARRAY:
+            item_kind, count = struct.unpack_from("<IQ", data, at)
+            at += 12
+            if item_kind in _GGUF_FIXED:
+                return at + count * struct.calcsize(_GGUF_FIXED[item_kind])
+            for _ in range(count):  # strings (a vocabulary) or nested arrays
+                at = skip_value(item_kind, at)
+            return at
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+    for _ in range(pairs):
+        key, offset = read_string(offset)
+        (kind,) = struct.unpack_from("<I", data, offset)
+        offset += 4
+        if kind in _GGUF_FIXED:
+            (values[key],) = struct.unpack_from(_GGUF_FIXED[kind], data, offset)
+        elif kind == _GGUF_STRING:
+            values[key], _ = read_string(offset)
+        offset = skip_value(kind, offset)
+    for _ in range(tensors):
+        _name, offset = read_string(offset)
+        (dims,) = struct.unpack_from("<I", data, offset)
+        offset += 4 + 8 * dims + 4 + 8  # shape, type, data offset
+    if offset > len(data):
+        raise ValueError("the tensor infos run past the end of the file")
+    return offset, values
 
 
 def read_gguf_metadata(path: Path) -> GGUFMetadata:

@@ -52,12 +52,17 @@ class HubPullError(RagError, RuntimeError):
 
 @dataclass(frozen=True)
 class PromptSpec:
-    """One prompt: its template text and the variables it declares."""
+    """One prompt: its template text, the variables it declares, and its task's own stop sequences.
+
+    ``stop`` is added to the family's stops for this task only (a QA answer may end at a
+    blank line; a summary must not).
+    """
 
     family: str
     kind: str
     variables: tuple[str, ...]
     template: str
+    stop: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -75,7 +80,7 @@ class PromptSpec:
 
 @dataclass(frozen=True)
 class PromptFamily:
-    """A chat format: how to recognise it, where to stop, and its prompts."""
+    """A chat format: how to recognise it, where every task stops (``stop``), and its prompts."""
 
     name: str
     description: str
@@ -101,7 +106,7 @@ def _read_family(path: Path) -> PromptFamily:
                 raise PromptFileError(
                     f"{path}: prompt {kind!r} declares variables {sorted(declared)} but its template uses {sorted(used)}"
                 )
-            prompts[kind] = PromptSpec(name, kind, declared, spec["template"])
+            prompts[kind] = PromptSpec(name, kind, declared, spec["template"], tuple(spec.get("stop", ())))
     except (KeyError, TypeError) as error:
         raise PromptFileError(f"{path}: malformed prompt file ({error!r}); see prompts/README.md") from error
     return PromptFamily(

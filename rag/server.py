@@ -73,28 +73,40 @@ class LlamaServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120.0) -> LlamaServer:
+        """Start the server and wait until it is healthy; on any failure or Ctrl-C the process is stopped."""
         logger.info("starting %s", " ".join(self.command))
         self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:  # a failed or interrupted start leaves no server behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerStartError(f"llama-server exited with status {self.process.returncode}: {' '.join(self.command)}")
             try:
                 if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
+                    return
             except requests.exceptions.RequestException:
                 pass
             time.sleep(0.3)
-        self.stop()
         raise ServerStartError(f"llama-server did not become healthy within {timeout:g} s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
+        """Terminate the server (kill it after 30 s) and reap it."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+                self.process.wait()
 
     def __enter__(self) -> LlamaServer:
         return self.start()

@@ -2,7 +2,8 @@
 
 Every field can be set by keyword, by an environment variable with the
 ``RAG_`` prefix (``RAG_N_CTX=8192``) or from a TOML/JSON/YAML config file
-named by ``RAG_CONFIG``. The CLI passes its flags through the same object.
+named by ``RAG_CONFIG``. Keywords (the CLI passes its flags as keywords) beat
+environment variables, which beat the config file, which beats the defaults.
 
 Example::
 
@@ -18,7 +19,8 @@ from typing import Any, Literal
 
 import platformdirs
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rag.errors import RagError
 
@@ -88,11 +90,17 @@ class Settings(BaseSettings):
     loader_memory_mb: int = Field(2048, ge=0, description="Address-space cap of the loader process in MB (0: none).")
     isolate_loaders: bool = Field(True, description="Load sources in a child process, so limits can be enforced.")
 
-    def __init__(self, **values: Any) -> None:
-        config = os.environ.get("RAG_CONFIG")
-        if config:
-            values = {**_read_config_file(Path(config)), **values}
-        super().__init__(**values)
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keywords (the CLI's flags) beat ``RAG_*`` variables, which beat the ``RAG_CONFIG`` file."""
+        return init_settings, env_settings, ConfigFileSource(settings_cls), dotenv_settings, file_secret_settings
 
     @property
     def store_path(self) -> Path:
@@ -109,11 +117,27 @@ class Settings(BaseSettings):
 
 
 class ConfigFileError(RagError, ValueError):
-    """The file named by ``RAG_CONFIG`` is missing, unreadable, or not a TOML/JSON/YAML table."""
+    """The file named by ``RAG_CONFIG`` is missing, unreadable, not a TOML/JSON/YAML table, or names unknown settings."""
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
+class ConfigFileSource(PydanticBaseSettingsSource):
+    """The settings in the TOML/JSON/YAML file named by ``RAG_CONFIG`` (none when it is unset)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        config = os.environ.get("RAG_CONFIG")
+        self.values = _read_config_file(Path(config), set(settings_cls.model_fields)) if config else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def _read_config_file(path: Path, known: set[str]) -> dict[str, Any]:
     import tomllib
+
     import yaml  # also reads JSON
 
     try:
@@ -123,4 +147,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigFileError(f"cannot read the RAG_CONFIG file {path}: {error}") from None
     if not isinstance(values, dict):
         raise ConfigFileError(f"the RAG_CONFIG file {path} must hold a table of settings, not {type(values).__name__}")
+    unknown = sorted(str(key) for key in values if key not in known)
+    if unknown:
+        raise ConfigFileError(
+            f"unknown setting(s) in the RAG_CONFIG file {path}: {', '.join(unknown)}; "
+            "settings are the fields of rag.settings.Settings, in lower case (e.g. n_ctx)"
+        )
     return values

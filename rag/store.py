@@ -5,12 +5,13 @@ name), ``rag-sources.sqlite3`` (which sources each collection holds, their
 content hashes and chunk counts) and ``rag-write.lock`` (one writer at a time).
 Each collection's metadata records the embedder and the splitter settings it
 was built with; :func:`check_profile` refuses to mix others in.
+:func:`similar_chunks` is the one retrieval every command uses.
 
 Example::
 
-    from rag.store import open_store
+    from rag.store import open_store, similar_chunks
     store = open_store(settings, embeddings)      # a langchain_chroma.Chroma
-    store.similarity_search_with_score("query", k=4)
+    similar_chunks(store._collection, embeddings, "query", k=4)
 """
 
 from __future__ import annotations
@@ -31,14 +32,20 @@ from dataclasses import asdict, dataclass
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
+from rag.embed import embedder_id
 from rag.errors import RagError
+from rag.paths import ensure_directory
 from rag.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "rag-sources.sqlite3"
 LOCK_FILE = "rag-write.lock"
+STORE_FOLDER_FIX = "choose a folder you can write to with --store or RAG_STORE_DIR"
 PROFILE_PREFIX = "rag:"
+LEGACY_EMBEDDER_ID = "NFCEmbeddings"  # what versions before the embedder identity recorded for every GGUF model
+FETCH_FACTOR = 3  # chunks fetched per chunk returned, so repeated texts can be dropped
+REINDEX_HINT = "rebuild it with `rag ingest --reindex PATH ...`"
 
 
 class EmptyStore(RagError, LookupError):
@@ -65,7 +72,7 @@ def open_client(settings: Settings):
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    settings.store_path.mkdir(parents=True, exist_ok=True)
+    ensure_directory(settings.store_path, "store folder", STORE_FOLDER_FIX)
     return chromadb.PersistentClient(path=str(settings.store_path), settings=ChromaSettings(anonymized_telemetry=False))
 
 
@@ -121,16 +128,6 @@ def require_nonempty(store, settings: Settings) -> None:
 # --- what a collection records about how it was built -----------------------------------------------
 
 
-def embedder_id(embeddings: Embeddings) -> str:
-    """A name for an embedding model, recorded with each collection."""
-    name = type(embeddings).__name__
-    for attribute in ("model_name", "model", "model_id", "size"):
-        value = getattr(embeddings, attribute, None)
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
-            return f"{name}:{value}"
-    return name
-
-
 def embedder_profile(embeddings: Embeddings) -> dict[str, object]:
     return {"embedder": embedder_id(embeddings)}
 
@@ -153,7 +150,12 @@ def check_profile(collection, wanted: dict[str, object], what: str = "ingest") -
             return
         raise IncompatibleCollection(
             f"collection {collection.name!r} has {collection.count()} chunks but no record of the embedder and "
-            "splitter that made them (an older version built it). Rebuild it with `rag ingest --reindex PATH ...`"
+            f"splitter that made them (an older version built it): {REINDEX_HINT}"
+        )
+    if "embedder" in wanted and recorded.get("embedder") == LEGACY_EMBEDDER_ID:
+        raise IncompatibleCollection(
+            f"collection {collection.name!r} was built by an older version that did not record which embedding "
+            f"model made its vectors: {REINDEX_HINT}"
         )
     differences = [
         f"{key} {recorded.get(key)!r} (this {what}: {value!r})"
@@ -161,12 +163,25 @@ def check_profile(collection, wanted: dict[str, object], what: str = "ingest") -
         if recorded.get(key) != value
     ]
     if differences:
-        advice = "use the same settings, another --collection"
-        advice += ", or rebuild it with `rag ingest --reindex PATH ...`" if what == "ingest" else " or re-index it"
         raise IncompatibleCollection(
             f"collection {collection.name!r} was indexed with " + ", ".join(differences) + "; mixing them would make "
-            f"search meaningless: {advice}"
+            f"search meaningless: use the same settings, another --collection, or {REINDEX_HINT}"
         )
+
+
+def check_dimension(collection, dimension: int, embedder: str) -> None:
+    """Raise :class:`IncompatibleCollection` if the collection's recorded vector dimension is not ``dimension``."""
+    recorded = read_profile(collection).get("dimension")
+    if recorded is not None and recorded != dimension:
+        raise _dimension_mismatch(collection.name, recorded, dimension, embedder)
+
+
+def _dimension_mismatch(name: str, recorded: object, dimension: int, embedder: str) -> IncompatibleCollection:
+    held = f"{recorded}-dimensional vectors" if recorded is not None else "vectors of another dimension"
+    return IncompatibleCollection(
+        f"collection {name!r} holds {held} but the embedder {embedder!r} makes "
+        f"{dimension}-dimensional ones: use the embedder it was built with, another --collection, or {REINDEX_HINT}"
+    )
 
 
 def write_profile(collection, profile: dict[str, object]) -> None:
@@ -217,8 +232,45 @@ def clean_metadata(metadata: dict) -> dict:
     return {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool))}
 
 
-def to_document(text: str, metadata: dict) -> Document:
-    return Document(page_content=text, metadata=dict(metadata))
+# --- retrieval --------------------------------------------------------------------------------------
+
+
+def similar_chunks(collection, embeddings: Embeddings, query: str, k: int) -> list[Document]:
+    """The ``k`` chunks nearest to ``query``, best first, with ``metadata["score"]`` (cosine similarity).
+
+    The one retrieval behind ``rag search``, ``ask``, ``chat`` and ``eval``. Chunks with
+    the same text (boilerplate on several pages) appear once, the best-scoring: it fetches
+    ``FETCH_FACTOR * k`` chunks to have ``k`` left after dropping repeats.
+
+    Raises:
+        IncompatibleCollection: the query vector's dimension is not the collection's.
+    """
+    from chromadb.errors import InvalidArgumentError, InvalidDimensionException
+
+    count = collection.count()
+    if count == 0:
+        return []
+    vector = embeddings.embed_query(query)
+    check_dimension(collection, len(vector), embedder_id(embeddings))
+    try:
+        found = collection.query(
+            query_embeddings=[vector], n_results=min(count, k * FETCH_FACTOR), include=["documents", "metadatas", "distances"]
+        )
+    except (InvalidArgumentError, InvalidDimensionException) as error:  # a collection that does not record its dimension
+        if "dimension" not in str(error):
+            raise
+        raise _dimension_mismatch(collection.name, None, len(vector), embedder_id(embeddings)) from None
+    hits: list[Document] = []
+    seen: set[str] = set()
+    for text, metadata, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0]):
+        digest = (metadata or {}).get("chunk_hash") or text
+        if digest in seen:
+            continue
+        seen.add(digest)
+        hits.append(Document(page_content=text, metadata={**(metadata or {}), "score": 1.0 - float(distance)}))
+        if len(hits) == k:
+            break
+    return hits
 
 
 # --- the record of indexed sources --------------------------------------------------------------------
@@ -251,7 +303,7 @@ class SourceRecord:
     _COLUMNS = ("source", "state", "chunks", "title", "kind", "content_hash", "pipeline", "ingested_at", "checked_at")
 
     def __init__(self, settings: Settings) -> None:
-        settings.store_path.mkdir(parents=True, exist_ok=True)
+        ensure_directory(settings.store_path, "store folder", STORE_FOLDER_FIX)
         self.collection = settings.collection
         self.db = sqlite3.connect(settings.store_path / RECORD_FILE, isolation_level=None, timeout=30)
         # WAL with synchronous=NORMAL survives a killed process (only power loss may drop the last commits).
@@ -332,7 +384,7 @@ def store_lock(settings: Settings, purpose: str) -> Iterator[None]:
 
     The lock is the operating system's (``flock``), so a killed holder releases it.
     """
-    settings.store_path.mkdir(parents=True, exist_ok=True)
+    ensure_directory(settings.store_path, "store folder", STORE_FOLDER_FIX)
     path = settings.store_path / LOCK_FILE
     try:
         import fcntl

@@ -108,7 +108,10 @@ def check_address(address: str, allow_private_network: bool) -> None:
 
 def check_url(url: str, allow_private_network: bool) -> tuple[str, int]:
     """Check scheme and every address the host resolves to; returns (host, port)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:  # e.g. an unclosed [IPv6 address
+        raise FetchError(f"not a valid URL: {url} ({error})") from None
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"unsupported URL scheme {parts.scheme or '(none)'!r} in {url}: only http and https")
     if not parts.hostname:
@@ -177,9 +180,13 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedPage:
     with _guarded_session(policy) as session:
         current = url
         for _hop in range(policy.max_redirects + 1):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise FetchError(f"{url} took longer than {policy.deadline:g} s to fetch (redirects included)")
+            wait = min(policy.timeout, left)  # no hop, nor any read in it, may outlast the deadline
             check_url(current, policy.allow_private_network)
             try:
-                response = session.get(current, stream=True, allow_redirects=False, timeout=(policy.timeout, policy.timeout))
+                response = session.get(current, stream=True, allow_redirects=False, timeout=(wait, wait))
             except BlockedAddress as error:
                 raise BlockedAddress(f"{current}: {error}") from None
             except requests.exceptions.ConnectionError as error:
@@ -188,12 +195,17 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedPage:
                     raise BlockedAddress(f"{current}: {blocked}") from None
                 raise FetchError(f"cannot connect to {current}: {_short(error)}") from None
             except requests.exceptions.Timeout:
+                if wait < policy.timeout:
+                    raise FetchError(f"{url} took longer than {policy.deadline:g} s to fetch (redirects included)") from None
                 raise FetchError(f"timed out after {policy.timeout:g} s waiting for {current}") from None
             except requests.exceptions.RequestException as error:
                 raise FetchError(f"fetching {current} failed: {_short(error)}") from None
             with response:
                 if response.status_code in REDIRECT_STATUSES and response.headers.get("Location"):
-                    target = urljoin(current, response.headers["Location"])
+                    try:
+                        target = urljoin(current, response.headers["Location"])
+                    except ValueError:
+                        raise FetchError(f"{current} redirects to an invalid URL: {response.headers['Location'][:200]!r}") from None
                     logger.debug("redirect %s -> %s", current, target)
                     current = target
                     continue
@@ -226,6 +238,8 @@ def _read_limited(response, policy: FetchPolicy, deadline: float, url: str) -> b
                 raise FetchError(f"{url} took longer than {policy.deadline:g} s to download")
             parts.append(part)
     except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as error:
+        if time.monotonic() >= deadline:  # the read timed out because the deadline was near
+            raise FetchError(f"{url} took longer than {policy.deadline:g} s to download") from None
         raise FetchError(f"reading {url} failed: {_short(error)}") from None
     return b"".join(parts)
 

@@ -29,6 +29,25 @@ def redirect(location: str, status: int = 302) -> Page:
     return Page(b"", status=status, headers={"Location": location})
 
 
+def delayed(page: Page, seconds: float) -> Callable:
+    """``page``, sent after ``seconds`` of silence (a slow server, or a slow hop of a redirect chain)."""
+
+    def respond(handler: BaseHTTPRequestHandler) -> None:
+        time.sleep(seconds)
+        try:
+            handler.send_response(page.status)
+            handler.send_header("Content-Type", page.content_type)
+            handler.send_header("Content-Length", str(len(page.body)))
+            for name, value in page.headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(page.body)
+        except OSError:
+            pass
+
+    return respond
+
+
 def trickle(seconds: float, content_type: str = "text/html") -> Callable:
     """A response that sends one byte every 0.2 s for ``seconds`` (a slow or hostile server)."""
 

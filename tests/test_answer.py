@@ -17,7 +17,7 @@ from langchain_core.documents import Document
 from langchain_core.language_models import FakeListLLM, FakeStreamingListLLM
 from langchain_core.language_models.fake import FakeListLLMError
 
-from rag.answer import Answer, Assistant, NothingToSummarize, Summary, summarize
+from rag.answer import Answer, Assistant, EmptyQuestion, NothingToSummarize, Summary, summarize
 from rag.budget import ContextOverflow
 from rag.cli import EXIT_ERROR, EXIT_OK, cli
 from rag.llm import LLMBackendError, LocalLLM
@@ -81,6 +81,37 @@ def test_question_longer_than_the_context_is_a_clear_error(indexed, fake_embeddi
         assistant.ask("why " * 400)
 
 
+def refuse_to_embed(*args, **kwargs):
+    raise AssertionError("the question was embedded")
+
+
+@pytest.mark.parametrize("in_chat", [False, True])
+def test_question_too_long_is_refused_before_it_is_embedded(indexed, fake_embeddings, monkeypatch, in_chat):
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    monkeypatch.setattr(DeterministicFakeEmbedding, "embed_query", refuse_to_embed)
+    monkeypatch.setattr(DeterministicFakeEmbedding, "embed_documents", refuse_to_embed)
+    assistant = assistant_for(indexed, fake_embeddings, fake_local(["unused"], n_ctx=300, max_tokens=100))
+    with pytest.raises(ContextOverflow, match="only 200 fit"):
+        (assistant.chat() if in_chat else assistant).ask("why " * 50_000)
+
+
+@pytest.mark.parametrize("question", ["", "   \n\t "])
+@pytest.mark.parametrize("how", ["ask", "stream", "chat", "answer_from"])
+def test_empty_question_is_refused_before_anything_loads(settings, question, how):
+    assistant = Assistant(settings.with_overrides(llm_model=str(settings.data_dir / "never-loaded.gguf")))
+    with pytest.raises(EmptyQuestion, match="the question is empty"):
+        if how == "ask":
+            assistant.ask(question)
+        elif how == "stream":
+            next(assistant.stream(question))
+        elif how == "chat":
+            assistant.chat().ask(question)
+        else:
+            assistant.answer_from(question, [Document(page_content="x")])
+    assert assistant._local_llm is None and assistant._store is None and assistant._embeddings is None
+
+
 def test_small_context_drops_lowest_ranked_chunks_and_says_so(indexed, fake_embeddings):
     settings = indexed.with_overrides(k=6)
     answer = assistant_for(settings, fake_embeddings, fake_local(["Short."], n_ctx=330, max_tokens=100)).ask(LIGHTHOUSE)
@@ -140,6 +171,27 @@ def test_summarize_map_reduces_documents_longer_than_the_context(settings):
     assert len(summary.sources) >= len(docs), "long documents appear as their parts"
 
 
+class StopRecordingLLM(FakeListLLM):
+    """A FakeListLLM that records the stop sequences of each call."""
+
+    stops: list = []
+
+    def _call(self, prompt, stop=None, run_manager=None, **kwargs):
+        self.stops.append(list(stop or []))
+        return super()._call(prompt, stop, run_manager, **kwargs)
+
+
+def test_generic_answers_stop_at_a_blank_line_and_summaries_do_not(settings, fake_embeddings):
+    docs = [Document(page_content="QuokkaDB is an embedded database.\n\nIt is MPL-2.0 licensed.", metadata={"source": "q.rst"})]
+    llm = StopRecordingLLM(responses=["An answer [1].", "A summary.\n\nWith a second paragraph [1]."], stops=[])
+    assistant = Assistant(settings, local_llm=LocalLLM(llm, "fake", "plain.gguf", "generic", 4096, 64, count_words))
+    assistant.answer_from("What is QuokkaDB?", docs)
+    summary = assistant.summarize(docs)
+    answer_stops, summary_stops = llm.stops
+    assert "\n\n" in answer_stops and "\n\n" not in summary_stops
+    assert summary.summary == "A summary.\n\nWith a second paragraph [1]."
+
+
 def test_summarize_paths_reports_failures_and_refuses_nothing(settings, tmp_path):
     with pytest.raises(NothingToSummarize):
         summarize([tmp_path / "missing.md"], settings)
@@ -153,12 +205,21 @@ def test_chat_rewrites_follow_ups_and_keeps_a_bounded_window(indexed, fake_embed
     llm = ["QuokkaDB is a storage engine [1].", "What is the license of QuokkaDB?", "MPL-2.0 [1].", "Who is Pip?", "The mascot [1]."]
     session = assistant_for(indexed, fake_embeddings, fake_local(llm, streaming=False)).chat(history_turns=1)
     first = session.ask("What is QuokkaDB?")
-    assert "standalone_question" in first.metadata and first.metadata["standalone_question"] == "What is QuokkaDB?"
+    assert (first.metadata["standalone_question"], first.metadata["condense"]) == ("What is QuokkaDB?", "as_asked")
     second = session.ask("And what about its license?")
-    assert second.metadata["standalone_question"] == "What is the license of QuokkaDB?"
+    assert (second.metadata["standalone_question"], second.metadata["condense"]) == ("What is the license of QuokkaDB?", "rewrite")
     assert second.answer == "MPL-2.0 [1]." and second.question == "And what about its license?"
     session.ask("And its mascot?")
     assert [message.text for message in session.history] == ["And its mascot?", "The mascot [1]."]
+
+
+def test_chat_falls_back_when_the_rewrite_is_not_a_question_and_says_so(indexed, fake_embeddings):
+    llm = ["QuokkaDB is a storage engine [1].", "It is licensed under MPL-2.0.", "MPL-2.0 [1]."]
+    session = assistant_for(indexed, fake_embeddings, fake_local(llm, streaming=False)).chat()
+    session.ask("What is QuokkaDB?")
+    follow_up = session.ask("And what about its license?")
+    assert follow_up.metadata["condense"] == "fallback"
+    assert follow_up.metadata["standalone_question"] == "What is QuokkaDB? And what about its license?"
 
 
 def test_failed_chat_turn_is_not_remembered(indexed, fake_embeddings):
@@ -183,6 +244,11 @@ class FakeLlamaServer(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if self.path == "/tokenize" and self.mode == "tokenize-500":
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b'{"error": "tokenizer crashed"}')
+            return
         if self.path == "/tokenize":
             self._json({"tokens": list(range(count_words(request["content"])))})
             return
@@ -274,7 +340,7 @@ def test_cli_ask_on_an_empty_store_says_to_ingest(fake_server, settings, monkeyp
     assert "nothing is indexed yet" in result.stderr and "rag ingest" in result.stderr and "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("mode", ["error-event", "cut", "http-500"])
+@pytest.mark.parametrize("mode", ["error-event", "cut", "http-500", "tokenize-500"])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_cli_llm_failure_mid_stream_is_an_error_never_an_answer(rag_cli, fake_server, mode, as_json):
     result = rag_cli("ask", LIGHTHOUSE, *(["--json"] if as_json else []), server=fake_server(mode))
@@ -389,6 +455,49 @@ def test_real_summarize_stuffs_a_short_document(local_llm, settings):
 
 
 @pytest.mark.integration
+def test_real_generic_family_summary_is_not_cut_at_the_first_blank_line(settings):
+    """The generic family's answers stop at a blank line; its summaries must not (they printed `==========`)."""
+    import re
+
+    from rag.answer import load_documents
+    from rag.llm import load_llm
+
+    generic = load_llm(settings.with_overrides(prompt="generic", max_tokens=256))
+    assert generic.family == "generic" and "\n\n" not in generic.llm.stop
+    docs, _ = load_documents([DATA / "quokkadb.rst"], settings)
+    summary = Assistant(settings.with_overrides(prompt="generic"), local_llm=generic).summarize(docs)
+    text = summary.summary
+    sentences = [part for part in re.split(r"(?<=[.!?])\s+", text) if len(part.split()) >= 3]
+    assert summary.method == "stuff" and len(sentences) >= 3, f"not a few sentences: {text!r}"
+    assert len(re.sub(r"[=\-\s]", "", text)) > 100, f"only a heading: {text!r}"
+
+
+@pytest.mark.integration
+def test_real_question_of_200000_characters_is_refused_at_once_without_embedding(real_store, embeddings, local_llm):
+    import time
+
+    from langchain_core.embeddings import Embeddings
+
+    from rag.embed import NFCEmbeddings
+
+    class RefusingEmbeddings(Embeddings):
+        def embed_documents(self, texts):
+            raise AssertionError("embedded documents")
+
+        def embed_query(self, text):
+            raise AssertionError(f"embedded a query of {len(text)} characters")
+
+    watched = NFCEmbeddings(RefusingEmbeddings(), embeddings.model_id)  # the store's embedder, as far as the store can tell
+    assistant = Assistant(real_store, local_llm=local_llm, embeddings=watched)
+    question = "Tell me everything about the lighthouse keeper and the harbour. " * 3200
+    assert len(question) >= 200_000
+    started = time.monotonic()
+    with pytest.raises(ContextOverflow, match=rf"but only {local_llm.n_ctx - local_llm.max_tokens} fit"):
+        assistant.ask(question)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.integration
 def test_real_summarize_map_reduces_the_corpus_in_a_small_context(small_context_llm, settings):
     from rag.answer import load_documents
 
@@ -402,10 +511,20 @@ def test_real_summarize_map_reduces_the_corpus_in_a_small_context(small_context_
 @pytest.mark.integration
 def test_real_chat_answers_a_follow_up_from_history(real_store, embeddings, local_llm):
     session = Assistant(real_store, local_llm=local_llm, embeddings=embeddings).chat(history_turns=2)
-    session.ask("What is QuokkaDB?")
+    first = session.ask("What is QuokkaDB?")
+    assert first.metadata["condense"] == "as_asked" and first.metadata["standalone_question"] == "What is QuokkaDB?"
     follow_up = session.ask("And what about its license?")
-    standalone = follow_up.metadata["standalone_question"]
-    assert standalone and standalone != "And what about its license?", "the follow-up was rewritten"
+    standalone, method = follow_up.metadata["standalone_question"], follow_up.metadata["condense"]
+    from rag.chains import build_condense_chain, format_history
+    from rag.prompts import get_prompt
+
+    condense = build_condense_chain(get_prompt("chatml", "condense"), local_llm.for_task("condense"))
+    rewrite = condense.invoke({"history": format_history(session.history[:2]), "question": "And what about its license?"})
+    if method == "rewrite":  # the model's own standalone question, used as it is
+        assert standalone == rewrite and standalone.endswith("?")
+    else:  # the rewrite was not a question: the first question with the follow-up
+        assert method == "fallback" and not (rewrite.endswith("?") and len(rewrite.split()) <= 40)
+        assert standalone == "What is QuokkaDB? And what about its license?"
     assert follow_up.answer and follow_up.sources
     assert len(session.history) == 4
 

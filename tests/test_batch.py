@@ -84,6 +84,26 @@ def fake_factory(settings: Settings) -> LocalLLM:
     return fake_local(settings.n_ctx, max_tokens=settings.max_tokens)
 
 
+class CrashingLLM(ScriptedLLM):
+    """Ends its process on a prompt containing CRASH, leaving ``marker`` behind: the model is then "gone"."""
+
+    marker: str = ""
+
+    def _call(self, prompt: str, stop=None, run_manager=None, **kwargs) -> str:
+        if "CRASH" in prompt:
+            Path(self.marker).touch()
+            os._exit(3)
+        return super()._call(prompt, stop, run_manager, **kwargs)
+
+
+def crashing_factory(settings: Settings) -> LocalLLM:
+    """A worker's model that cannot be loaded again once a worker crashed (until the marker goes)."""
+    marker = settings.data_dir / "model-gone"
+    if marker.exists():
+        raise LLMBackendError(f"the model file is gone: {marker}")
+    return LocalLLM(CrashingLLM(marker=str(marker)), "llamacpp", "fake-model.gguf", "chatml", settings.n_ctx, settings.max_tokens, count_tokens)
+
+
 class FakeLlamaServer:
     """A llama.cpp-compatible server on 127.0.0.1: /health, /props, /tokenize, streaming /completion.
 
@@ -602,6 +622,32 @@ def test_in_process_backends_run_one_worker_process_each(corpus, tmp_path, batch
     assert report.status == "done" and report.done == 3
     workers = {record["worker"] for record in report.records}
     assert all(worker.startswith("pid ") for worker in workers) and str(os.getpid()) not in " ".join(workers)
+
+
+def test_a_worker_process_that_cannot_restart_fails_one_document_not_the_job(batch_settings):
+    from rag.batch import DocumentTask, _ProcessEngine
+
+    batch_settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = _ProcessEngine(crashing_factory, batch_settings)
+    stop = threading.Event()
+    engine.start()
+    spec = JobSpec.build(engine.wait_ready(stop), batch_settings, None)
+
+    def task(number: int, text: str) -> DocumentTask:
+        source = f"/docs/{number}.md"
+        return DocumentTask(number, source, f"Doc {number}", f"hash-{number}", f"key-{number}", [(text, {"source": source})])
+
+    try:
+        crashed = engine.run(spec, task(0, "CRASH in the middle of this one."), stop)
+        assert crashed.record is None and "exited with status 3" in crashed.reason
+        failed = engine.run(spec, task(1, "An ordinary document about boats."), stop)
+        assert failed.record is None and failed.stage == "summarize"
+        assert "could not restart" in failed.reason and "the model file is gone" in failed.reason
+        (batch_settings.data_dir / "model-gone").unlink()
+        done = engine.run(spec, task(2, "Another ordinary document about bread."), stop)
+        assert done.reason is None and done.record["source"] == "/docs/2.md"
+    finally:
+        engine.close()
 
 
 # --- from a store -------------------------------------------------------------------------------------------------

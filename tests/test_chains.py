@@ -214,7 +214,7 @@ def test_first_question_is_used_as_is_without_a_condense_call():
     chain = build_conversational_qa_chain(retriever, get_prompt("chatml"), get_prompt("chatml", "condense"), llm)
     result = chain.invoke({"question": "What is QuokkaDB?", "history": []})
     assert seen == ["What is QuokkaDB?"] and llm.calls == 1
-    assert result["asked"] == result["question"] == "What is QuokkaDB?"
+    assert result["asked"] == result["question"] == "What is QuokkaDB?" and result["condense"] == "as_asked"
 
 
 def test_follow_up_is_rewritten_from_history_and_drives_retrieval():
@@ -225,7 +225,7 @@ def test_follow_up_is_rewritten_from_history_and_drives_retrieval():
     history = [HumanMessage("What is QuokkaDB?"), AIMessage("An embedded database.")]
     result = chain.invoke({"question": "And what about its license?", "history": history})
     assert seen == ["What is the license of QuokkaDB?"]
-    assert result["asked"] == "And what about its license?"
+    assert result["asked"] == "And what about its license?" and result["condense"] == "rewrite"
     assert result["question"] == "What is the license of QuokkaDB?" and result["answer"] == "It is MIT [1]."
 
 
@@ -237,6 +237,7 @@ def test_a_rewrite_that_is_not_a_question_falls_back_to_previous_question_and_fo
     history = [HumanMessage("What is QuokkaDB?"), AIMessage("An embedded database.")]
     result = chain.invoke({"question": "And its license?", "history": history})
     assert seen == ["What is QuokkaDB? And its license?"] == [result["question"]]
+    assert result["condense"] == "fallback"
 
 
 def test_fallback_uses_how_the_previous_turn_was_understood():
@@ -245,7 +246,37 @@ def test_fallback_uses_how_the_previous_turn_was_understood():
     understood = "What is QuokkaDB? And its license?"
     history = [HumanMessage("And its license?", additional_kwargs={"standalone_question": understood}), AIMessage("MPL-2.0.")]
     result = chain.invoke({"question": "Which port does its server use?", "history": history})
-    assert result["question"] == "What is QuokkaDB? Which port does its server use?"
+    assert result["question"] == "What is QuokkaDB? Which port does its server use?" and result["condense"] == "fallback"
+
+
+def test_condense_uses_its_own_llm_when_given():
+    answers, rewrites = FakeListLLM(responses=["MPL-2.0 [1]."]), FakeListLLM(responses=["What is the license of QuokkaDB?"])
+    chain = build_conversational_qa_chain(
+        RunnableLambda(lambda q: []), get_prompt("chatml"), get_prompt("chatml", "condense"), answers, condense_llm=rewrites
+    )
+    history = [HumanMessage("What is QuokkaDB?"), AIMessage("An embedded database.")]
+    result = chain.invoke({"question": "And its license?", "history": history})
+    assert (result["question"], result["condense"], result["answer"]) == ("What is the license of QuokkaDB?", "rewrite", "MPL-2.0 [1].")
+
+
+def not_called(query: str) -> list[Document]:
+    raise AssertionError("a question too long to answer was retrieved for")
+
+
+@pytest.mark.parametrize("conversational", [False, True])
+def test_question_too_long_for_the_context_is_refused_before_retrieval(conversational):
+    budget = ContextBudget(count_words, n_ctx=300, answer_tokens=100)
+    question = words(400)
+    if conversational:
+        chain = build_conversational_qa_chain(
+            RunnableLambda(not_called), get_prompt("chatml"), get_prompt("chatml", "condense"), FakeListLLM(responses=["?"]), budget
+        )
+        run = lambda: chain.invoke({"question": question, "history": [HumanMessage("Hi?"), AIMessage("Hello.")]})  # noqa: E731
+    else:
+        chain = build_retrieval_qa_chain(RunnableLambda(not_called), get_prompt("chatml"), FakeListLLM(responses=["?"]), budget)
+        run = lambda: chain.invoke(question)  # noqa: E731
+    with pytest.raises(ContextOverflow, match=r"the question and its prompt take \d+ tokens, but only 200 fit"):
+        run()
 
 
 def test_condense_prompt_keeps_the_newest_history_that_fits():

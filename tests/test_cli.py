@@ -9,15 +9,17 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from rag.cli import EXIT_ERROR, cli
+from rag.cli import EXIT_ERROR, EXIT_USAGE, cli
+
+DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 
 @pytest.fixture
 def run(settings, monkeypatch):
     monkeypatch.setenv("RAG_DATA_DIR", str(settings.data_dir))
 
-    def invoke(*args: str):
-        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    def invoke(*args: str, input: str | None = None):
+        return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
     return invoke
 
@@ -90,8 +92,16 @@ def test_doctor_fails_with_the_fix_when_a_model_is_missing(run, tmp_path):
     assert "FAIL llm model" in result.output and "gone.gguf" in result.output and "fix:" in result.output
 
 
-def test_doctor_reports_an_unreachable_server(run):
-    result = run("doctor", "--backend", "llamafile", "--server", "http://127.0.0.1:9", "--json")
+def one_line_error(stderr: str) -> str:
+    """The single ``error: ...`` line a failing command prints on stderr (asserts there is nothing else)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("backend", [["--backend", "llamafile"], []], ids=["with-backend", "server-alone"])
+def test_doctor_reports_an_unreachable_server(run, backend):
+    result = run("doctor", *backend, "--server", DEAD_SERVER, "--json")
     assert result.exit_code == EXIT_ERROR
     server = next(check for check in json.loads(result.stdout) if check["name"] == "llama.cpp server")
     assert not server["ok"] and "127.0.0.1:9" in server["detail"]
@@ -108,3 +118,107 @@ def test_demo_slice_answers_with_sources(run):
     assert answer["answer"].strip()
     assert answer["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert any(source["source"].endswith("kestrel-point-lighthouse.md") for source in answer["sources"])
+
+
+# --- bad input: one line on stderr, never a traceback ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ask", ""],
+        ["ask", "   \t "],
+        ["search", ""],
+        ["search", "  "],
+    ],
+    ids=["ask-empty", "ask-blank", "search-empty", "search-blank"],
+)
+def test_an_empty_question_is_a_usage_error_before_anything_loads(run, tmp_path, args):
+    # A missing model and an unusable store would fail first if anything were loaded or opened.
+    result = run(*args, "--store", "/proc/x", *(["--model", str(tmp_path / "missing.gguf")] if args[0] == "ask" else []))
+    assert result.exit_code == EXIT_USAGE
+    assert "is empty" in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["ask", "chat", "summarize"])
+def test_server_implies_the_llamafile_backend(run, tmp_path, command):
+    note = tmp_path / "note.txt"
+    note.write_text("The lighthouse was first lit in 1871.\n")
+    args = {"ask": ["ask", "When was it lit?"], "chat": ["chat"], "summarize": ["summarize", str(note)]}[command]
+    result = run(*args, "--server", DEAD_SERVER, input="exit\n")
+    assert result.exit_code == EXIT_ERROR  # not an answer from the in-process model
+    assert "cannot reach a llama.cpp server at " + DEAD_SERVER in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["ask", "chat", "summarize", "doctor", "eval", "batch-summarize"])
+def test_server_with_another_backend_is_a_usage_error(run, tmp_path, command):
+    questions = tmp_path / "questions.yaml"
+    questions.write_text("questions: []\n")
+    args = {
+        "ask": ["ask", "q"],
+        "chat": ["chat"],
+        "summarize": ["summarize", str(questions)],
+        "doctor": ["doctor"],
+        "eval": ["eval", str(questions)],
+        "batch-summarize": ["batch-summarize", str(questions), "--out", str(tmp_path / "out")],
+    }[command]
+    result = run(*args, "--backend", "llamacpp", "--server", DEAD_SERVER)
+    assert result.exit_code == EXIT_USAGE
+    assert "--server needs the llamafile backend, not --backend llamacpp" in one_line_error(result.stderr)
+
+
+unusable_folders = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and /sys")
+
+
+@unusable_folders
+@pytest.mark.parametrize("store", ["/proc/x", "/sys/kernel/x", "/proc"])
+@pytest.mark.parametrize("command", ["search", "ingest"])
+def test_an_unusable_store_folder_is_one_line_naming_it(run, store, command):
+    from tests.conftest import SAMPLE_DATA
+
+    args = ["search", "lighthouse"] if command == "search" else ["ingest", str(SAMPLE_DATA / "quokkadb.rst")]
+    result = run(*args, "--store", store)
+    assert result.exit_code == EXIT_ERROR
+    line = one_line_error(result.stderr)
+    assert f"store folder {store}:" in line and "--store" in line
+
+
+@unusable_folders
+@pytest.mark.integration
+def test_ask_with_an_unusable_store_folder_is_one_line_naming_it(run):
+    result = run("ask", "When was the lighthouse first lit?", "--store", "/proc/x")
+    assert result.exit_code == EXIT_ERROR
+    assert "store folder /proc/x:" in one_line_error(result.stderr)
+
+
+@unusable_folders
+@pytest.mark.parametrize("command", ["batch-summarize", "eval"])
+def test_an_unusable_out_folder_is_one_line_naming_it(run, tmp_path, command):
+    from tests.conftest import SAMPLE_DATA
+
+    source = SAMPLE_DATA / ("quokkadb.rst" if command == "batch-summarize" else "questions.yaml")
+    result = run(command, str(source), "--out", "/proc/y", "--store", str(tmp_path / "store"))
+    assert result.exit_code == EXIT_ERROR
+    line = one_line_error(result.stderr)
+    assert "output folder /proc/y:" in line and "--out" in line
+
+
+@unusable_folders
+def test_an_unusable_store_is_one_line_in_a_real_process(settings, tmp_path):
+    env = {"RAG_DATA_DIR": str(settings.data_dir), "PATH": "/usr/bin:/bin"}
+    note = tmp_path / "note.txt"
+    note.write_text("The lighthouse was first lit in 1871.\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rag", "ingest", str(note), "--store", "/proc/x"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == EXIT_ERROR
+    assert "store folder /proc/x" in one_line_error(proc.stderr)
+
+
+def test_an_unknown_config_key_is_one_line_naming_it(run, monkeypatch, tmp_path):
+    config = tmp_path / "rag.toml"
+    config.write_text("k = 2\nchunk_sise = 300\n")
+    monkeypatch.setenv("RAG_CONFIG", str(config))
+    result = run("sources")
+    assert result.exit_code == EXIT_ERROR
+    assert "unknown setting(s) in the RAG_CONFIG file" in one_line_error(result.stderr) and "chunk_sise" in result.stderr

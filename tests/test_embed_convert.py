@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from importlib.metadata import PackageNotFoundError
 from pathlib import Path
 
@@ -114,6 +119,38 @@ def test_failed_conversion_removes_its_temp_file(source_dir: Path, tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir()] == [GGUF_FILENAME]
 
 
+def _stamp_for(source_dir: Path, gguf_size: int) -> dict:
+    weights = (source_dir / "model.safetensors").stat()
+    return {
+        "converter_version": embed_convert.CONVERTER_VERSION,
+        "source_size": weights.st_size,
+        "source_mtime_ns": weights.st_mtime_ns,
+        "gguf_size": gguf_size,
+    }
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(
+    source_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=embed_convert.__name__)
+    gguf_path = tmp_path / GGUF_FILENAME
+    gguf_path.write_bytes(b"GGUF" + bytes(60))  # stands in for a finished conversion
+    (tmp_path / (GGUF_FILENAME + ".json")).write_text(json.dumps(_stamp_for(source_dir, 64)))
+    stale = tmp_path / f".{GGUF_FILENAME}.{_dead_pid()}.0123abcd.tmp"
+    stale.write_bytes(b"GGUF partial")
+    live = tmp_path / f".{GGUF_FILENAME}.{os.getppid()}.4567cdef.tmp"  # another process writing right now
+    live.write_bytes(b"GGUF in progress")
+
+    assert ensure_minilm_gguf(tmp_path, source_dir) == gguf_path
+    assert not stale.exists() and live.exists() and _conversions(caplog) == 0
+
+
 def test_missing_source_folder_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(EmbedderSourceMissing, match=PIP_FIX):
         ensure_minilm_gguf(tmp_path / "cache", tmp_path / "no-model-here")
@@ -126,6 +163,48 @@ def test_missing_distribution_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(embed_convert, "distribution", not_installed)
     with pytest.raises(EmbedderSourceMissing, match=PIP_FIX):
         locate_minilm_source()
+
+
+# --- integration tier: real conversions that die or are cut short -------------------
+
+
+@pytest.mark.integration
+def test_a_partial_gguf_is_never_used(source_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=embed_convert.__name__)
+    path = ensure_minilm_gguf(tmp_path, source_dir)
+    whole = path.stat().st_size
+    with open(path, "r+b") as handle:  # as a crash of an older version, or of the machine, leaves it
+        handle.truncate(whole // 2)
+
+    assert ensure_minilm_gguf(tmp_path, source_dir) == path
+    assert path.stat().st_size == whole and _conversions(caplog) == 2
+    gguf.GGUFReader(path)
+
+
+@pytest.mark.integration
+def test_a_conversion_killed_mid_write_leaves_nothing_the_next_run_uses(source_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    script = f"from pathlib import Path; from rag.embed_convert import ensure_minilm_gguf; ensure_minilm_gguf(Path({str(cache)!r}))"
+    writer = subprocess.Popen([sys.executable, "-c", script])
+
+    def writing() -> bool:
+        try:
+            return any(p.stat().st_size > 0 for p in cache.glob("*.tmp"))
+        except FileNotFoundError:  # renamed meanwhile
+            return False
+
+    deadline = time.monotonic() + 120
+    while not writing():
+        assert time.monotonic() < deadline and writer.poll() is None, "the conversion never started writing"
+        time.sleep(0.002)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert not (cache / GGUF_FILENAME).exists() and list(cache.glob("*.tmp"))
+
+    path = ensure_minilm_gguf(cache, source_dir)
+
+    assert sorted(p.name for p in cache.iterdir()) == [GGUF_FILENAME, GGUF_FILENAME + ".json"]
+    assert gguf.GGUFReader(path).get_field("general.name").contents() == "all-MiniLM-L6-v2"
 
 
 # --- integration tier: gpt4all's llama.cpp against a numpy reference -------------

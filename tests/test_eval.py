@@ -6,7 +6,9 @@ real default models through the CLI, on a few questions of ``data/questions.yaml
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -270,6 +272,58 @@ def test_run_eval_ingests_the_corpus_retrieves_once_and_scores_each_run(settings
     assert "server fell over" in failed.error
     assert good.ttft_s is not None and good.ttft_s >= 0 and (good.tokens_per_s is None or good.tokens_per_s > 0)
     assert report.status == "partial"
+
+
+class TokenizerFailsOn(http.server.BaseHTTPRequestHandler):
+    """A llama.cpp server whose /tokenize answers HTTP 500 for text mentioning ``poison``."""
+
+    poison = "Arran Bay"
+
+    def do_GET(self):  # noqa: N802
+        self._json({"model_path": "/models/fake-chatml.gguf", "chat_template": "<|im_start|>", "default_generation_settings": {"n_ctx": 4096}})
+
+    def do_POST(self):  # noqa: N802
+        request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        if self.path == "/tokenize":
+            if self.poison in request["content"]:
+                self.send_response(500)
+                self.end_headers()
+                self.wfile.write(b'{"error": "tokenizer crashed"}')
+                return
+            self._json({"tokens": list(range(count_words(request["content"])))})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        self.wfile.write(b'data: {"content": "It was first lit in 1887 [1].", "stop": false}\n\n')
+        self.wfile.write(b'data: {"content": "", "stop": true}\n\n')
+
+    def _json(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_error_while_counting_tokens_is_one_failed_answer(settings, question_file, fake_embeddings):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenizerFailsOn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        report = run_eval(question_file, settings.with_overrides(backend="llamafile", llamafile_url=url), embeddings=fake_embeddings)
+    finally:
+        server.shutdown()
+        server.server_close()
+    [run] = report.runs
+    assert run.error is None and run.metrics.failures == 1 and report.status == "partial"
+    failed = {answer.id: answer.error for answer in run.answers if answer.error}
+    assert list(failed) == ["population"] and failed["population"].startswith(f"llama.cpp server at {url} answered HTTP 500 to /tokenize")
+    assert [answer.answer for answer in run.answers if not answer.error] == ["It was first lit in 1887 [1]."] * 2
 
 
 def test_a_model_that_cannot_load_is_a_failed_run_and_the_others_go_on(settings, question_file, fake_embeddings):

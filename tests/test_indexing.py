@@ -11,14 +11,19 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from langchain_core.embeddings import DeterministicFakeEmbedding, Embeddings
+from langchain_core.language_models import FakeListLLM
 
+from rag.answer import Assistant
 from rag.cli import EXIT_ERROR, EXIT_NOTHING_DONE, EXIT_OK, EXIT_PARTIAL, cli
-from rag.indexing import forget, ingest, list_sources, search
+from rag.embed import embedder_id
+from rag.indexing import EmptyQuery, forget, ingest, list_sources, search
+from rag.llm import LocalLLM
 from rag.load import SUPPORTED_SUFFIXES
 from rag.store import IncompatibleCollection, NotIndexed, StoreBusy, open_collection, store_lock
 from tests.conftest import REPO_ROOT, SAMPLE_DATA
@@ -34,7 +39,7 @@ class CountingEmbeddings(Embeddings):
 
     def __init__(self, size: int = 64, delay: float = 0.0, announce: bool = False, inner: Embeddings | None = None) -> None:
         self.inner = inner or DeterministicFakeEmbedding(size=size)
-        self.model_name = getattr(inner, "model_name", None) or f"counting-fake-{size}"
+        self.model_name = embedder_id(inner) if inner is not None else f"counting-fake-{size}"
         self.delay = delay
         self.announce = announce
         self.texts = 0
@@ -145,6 +150,77 @@ def test_identical_chunks_are_embedded_once(settings, tmp_path, counting):
     assert report.reused_vectors == 2
     hits = search("This page is provided as is", 4, settings, counting)
     assert len({doc.page_content for doc, _ in hits}) == len(hits)  # the shared chunk is listed once
+
+
+# --- one retrieval for search, ask and eval -------------------------------------------------------
+
+
+def assistant_over(settings, embeddings: Embeddings) -> Assistant:
+    llm = LocalLLM(FakeListLLM(responses=["An answer [1]."]), "fake", "fake.gguf", "chatml", 8192, 64, lambda text: len(text.split()) + 1)
+    return Assistant(settings, local_llm=llm, embeddings=embeddings)
+
+
+def same_chunks(docs) -> list[tuple[str, str, float]]:
+    return [(doc.page_content, doc.metadata["source"], doc.metadata["score"]) for doc in docs]
+
+
+def test_ask_retrieves_exactly_what_search_finds(settings, tmp_path, counting):
+    """A paragraph repeated on every page is one hit for search, ask and chat alike (eval uses search)."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    shared = "<p>" + "Moorings are paid at the Harbour Office before sunset. " * 4 + "</p>"
+    for name in ("a", "b", "c", "d"):
+        (folder / f"{name}.html").write_text(f"<html><body><main><p>{'Page %s has its own text. ' % name * 20}</p>{shared}</main></body></html>")
+    ingest([folder], settings, counting)
+    question = Counter(text for text, _ in stored(settings).values()).most_common(1)[0][0]  # the shared paragraph
+    found = [doc for doc, _ in search(question, settings=settings.with_overrides(k=3), embeddings=counting)]
+    assert len(found) == 3 and len({doc.page_content for doc in found}) == 3
+    assistant = assistant_over(settings.with_overrides(k=3), counting)
+    assert same_chunks(assistant.retriever().invoke(question)) == same_chunks(found)
+    answer = assistant.ask(question)
+    assert [(source.chunk, source.source, source.score) for source in answer.sources] == [
+        (text, source, round(score, 4)) for text, source, score in same_chunks(found)
+    ]
+    chat = assistant.chat().ask(question)
+    assert [source.chunk for source in chat.sources] == [doc.page_content for doc in found]
+
+
+def test_search_returns_settings_k_chunks_by_default(settings, corpus, counting):
+    ingest([corpus], settings, counting)
+    assert len(search("lighthouse", settings=settings.with_overrides(k=2), embeddings=counting)) == 2
+    assert len(search("lighthouse", settings=settings.with_overrides(k=5), embeddings=counting)) == 5
+
+
+def test_an_empty_query_is_refused_before_anything_loads(settings, monkeypatch):
+    def no_loading(_settings):
+        raise AssertionError("the embedder must not load for an empty query")
+
+    monkeypatch.setattr("rag.embed.load_embeddings", no_loading)
+    for query in ("", "   \n\t"):
+        with pytest.raises(EmptyQuery, match="the search query is empty"):
+            search(query, settings=settings)
+    assert not settings.store_path.exists()
+
+
+class Unnamed(Embeddings):
+    """An embedder with nothing to tell one size from another: only the dimension check can."""
+
+    def __init__(self, size: int) -> None:
+        self.inner = DeterministicFakeEmbedding(size=size)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.inner.embed_documents(texts)
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+def test_a_query_of_another_dimension_is_refused_on_search_and_ask(settings, corpus):
+    ingest([corpus], settings, Unnamed(64))
+    with pytest.raises(IncompatibleCollection, match=r"holds 64-dimensional vectors but the embedder 'Unnamed' makes 32-dimensional"):
+        search("lighthouse", settings=settings, embeddings=Unnamed(32))
+    with pytest.raises(IncompatibleCollection, match="64-dimensional"):
+        assistant_over(settings, Unnamed(32)).ask("When was the lighthouse first lit?")
 
 
 def test_a_source_that_fails_to_load_keeps_its_chunks(settings, corpus, counting):
@@ -526,6 +602,23 @@ def test_cli_search_on_an_empty_store_says_what_to_do(rag_cli):
     assert result.exit_code == EXIT_ERROR and "rag ingest" in result.stderr
 
 
+def test_cli_empty_search_is_one_line(rag_cli, corpus):
+    assert rag_cli("ingest", str(corpus)).exit_code == EXIT_OK
+    for query in ("", "  "):
+        result = rag_cli("search", query)
+        assert result.exit_code in (1, 2) and len(result.stderr.strip().splitlines()) == 1
+        assert "query is empty" in result.stderr and result.stdout == ""
+
+
+def test_cli_search_with_another_dimension_is_one_line(rag_cli, corpus, monkeypatch):
+    monkeypatch.setattr("rag.embed.load_embeddings", lambda _settings: Unnamed(64))
+    assert rag_cli("ingest", str(corpus)).exit_code == EXIT_OK
+    monkeypatch.setattr("rag.embed.load_embeddings", lambda _settings: Unnamed(32))
+    result = rag_cli("search", "lighthouse")
+    assert result.exit_code == EXIT_ERROR and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "64-dimensional" in result.stderr
+
+
 # --- with the real embedder -----------------------------------------------------------------------
 
 
@@ -544,6 +637,16 @@ def test_real_embedder_retrieves_the_right_document_and_reingest_embeds_nothing(
     counting.texts = 0
     again = ingest([corpus], settings, counting)
     assert (counting.texts, again.chunks_added, again.sources_skipped) == (0, 0, 4)
+
+
+@pytest.mark.integration
+def test_real_ask_retrieves_exactly_what_search_finds(settings, embeddings, corpus):
+    ingest([corpus], settings, embeddings)
+    assistant = assistant_over(settings, embeddings)
+    for question in ("When was Kestrel Point Lighthouse first lit?", "What license does QuokkaDB use?"):
+        found = [doc for doc, _ in search(question, settings=settings, embeddings=embeddings)]
+        assert len(found) == settings.k and same_chunks(assistant.retriever().invoke(question)) == same_chunks(found)
+        assert [source.chunk for source in assistant.ask(question).sources] == [doc.page_content for doc in found]
 
 
 @pytest.mark.integration

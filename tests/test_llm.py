@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import http.server
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from langchain_core.language_models.llms import LLM
 
 from rag.llm import (
     LlamafileLLM,
     LLMBackendError,
+    LocalLLM,
     StopSequenceFilter,
     gpt4all_compatible_copy,
     load_llm,
@@ -49,8 +56,28 @@ def test_stop_filter_without_stops_passes_everything():
 class _Handler(http.server.BaseHTTPRequestHandler):
     mode = "error-event"
 
+    def do_GET(self):  # noqa: N802
+        body = json.dumps({"model_path": "/models/fake-chatml.gguf", "chat_template": "<|im_start|>"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self):  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/tokenize":
+            if self.mode == "tokenize-500":
+                self.send_response(500)
+                self.end_headers()
+                self.wfile.write(b'{"error":\n "tokenizer crashed"}')
+            else:
+                body = b'{"tokens": [1, 2, 3]}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            return
         if self.mode == "http-500":
             self.send_response(500)
             self.end_headers()
@@ -81,6 +108,7 @@ def fake_server():
     yield start
     for server in servers:
         server.shutdown()
+        server.server_close()
 
 
 def test_llamafile_error_event_mid_stream_raises_not_answers(fake_server):
@@ -102,6 +130,27 @@ def test_llamafile_hung_server_times_out_with_message(fake_server):
     with pytest.raises(LLMBackendError, match="did not answer within 1 s"):
         llm.invoke("hi")
     assert time.monotonic() - started < 4
+
+
+def test_llamafile_token_count_http_error_is_a_one_line_backend_error(fake_server, settings):
+    url = fake_server("tokenize-500")
+    local = load_llm(settings.with_overrides(backend="llamafile", llamafile_url=url, request_timeout=5))
+    with pytest.raises(LLMBackendError) as caught:
+        local.count_tokens("How many tokens?")
+    message = str(caught.value)
+    assert message.startswith(f"llama.cpp server at {url} answered HTTP 500 to /tokenize") and "\n" not in message
+
+
+def test_llamafile_token_count_on_a_server_that_went_away_names_url(settings):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"mode": "ok"}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    local = load_llm(settings.with_overrides(backend="llamafile", llamafile_url=url, request_timeout=2))
+    assert local.count_tokens("three tokens here") == 3
+    server.shutdown()
+    server.server_close()  # the port now refuses connections
+    with pytest.raises(LLMBackendError, match=rf"cannot reach a llama.cpp server at {url} \(counting tokens\): is it running\?"):
+        local.count_tokens("hi")
 
 
 def test_llamafile_dead_server_names_url(settings):
@@ -137,6 +186,97 @@ def test_gpt4all_copy_only_when_pre_tokenizer_unknown(tmp_path):
     assert gpt4all_compatible_copy(path, None, tmp_path) == path
 
 
+def write_tiny_gguf(path: Path, pre_tokenizer: str = "smollm") -> Path:
+    """A small real GGUF file: a pre-tokenizer name and one tensor."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tokenizer_pre(pre_tokenizer)
+    writer.add_tensor("token_embd.weight", np.arange(4096, dtype=np.float32).reshape(64, 64))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def pre_tokenizer_of(path: Path) -> str:
+    import gguf
+
+    return gguf.GGUFReader(path, "r").get_field("tokenizer.ggml.pre").contents()
+
+
+def copies_in(cache: Path) -> list[str]:
+    return sorted(entry.name for entry in (cache / "models" / "gpt4all").iterdir() if not entry.name.endswith(".lock"))
+
+
+DIE_MID_WRITE = """
+import os, sys
+from pathlib import Path
+import gguf
+from rag.llm import gpt4all_compatible_copy
+gguf.GGUFWriter.write_tensor_data = lambda *args, **kwargs: os._exit(3)  # the process dies mid-write
+gpt4all_compatible_copy(Path(sys.argv[1]), "smollm", Path(sys.argv[2]))
+"""
+
+
+def test_gpt4all_copy_of_a_process_that_died_mid_write_is_never_used_and_is_cleaned(tmp_path):
+    source, cache = write_tiny_gguf(tmp_path / "model.gguf"), tmp_path / "cache"
+    died = subprocess.run([sys.executable, "-c", DIE_MID_WRITE, str(source), str(cache)], capture_output=True, text=True, timeout=60)
+    assert died.returncode == 3, died.stderr
+    [partial] = copies_in(cache)
+    assert partial.startswith(".") and partial.endswith(".tmp"), "a partial copy is never under the copy's name"
+
+    copy = gpt4all_compatible_copy(source, "smollm", cache)
+    assert pre_tokenizer_of(copy) == "starcoder" and copy.stat().st_size >= source.stat().st_size
+    assert copies_in(cache) == [copy.name], "the dead run's partial file was removed"
+    assert gpt4all_compatible_copy(source, "smollm", cache) == copy
+
+
+def test_gpt4all_copy_interrupted_in_process_leaves_nothing_behind(tmp_path, monkeypatch):
+    import gguf
+
+    source, cache = write_tiny_gguf(tmp_path / "model.gguf"), tmp_path / "cache"
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gpt4all_compatible_copy(source, "smollm", cache)
+    assert copies_in(cache) == []
+    monkeypatch.undo()
+    assert pre_tokenizer_of(gpt4all_compatible_copy(source, "smollm", cache)) == "starcoder"
+
+
+# --- stops per task --------------------------------------------------------------------------------
+
+
+class StopRecordingLLM(LLM):
+    """Records the stop sequences each call gets."""
+
+    calls: list = []
+
+    @property
+    def _llm_type(self) -> str:
+        return "stop-recording"
+
+    def _call(self, prompt: str, stop: list[str] | None = None, run_manager: Any = None, **kwargs: Any) -> str:
+        self.calls.append(list(stop or []))
+        return "ok"
+
+
+def test_task_stops_are_added_for_answers_and_never_for_summaries():
+    llm = StopRecordingLLM(calls=[])
+    local = LocalLLM(llm, "fake", "m.gguf", "generic", 2048, 64, len)
+    for kind in ("rag", "condense", "summarize", "map", "reduce"):
+        local.for_task(kind).invoke("text")
+    answer, condense, *summaries = llm.calls
+    assert "\n\n" in answer and "\n\n" in condense and "\nQuestion:" in answer
+    assert summaries == [[], [], []]
+
+
 # --- the real backends (integration) -------------------------------------------------------------
 
 
@@ -159,6 +299,14 @@ def _check_streamed_answer(local, max_tokens: int) -> str:
     assert "<|im_end|>" not in text and "<|im_start|>" not in text
     assert local.count_tokens(text) < max_tokens, "stopped at the end of turn, not at max_tokens"
     return text
+
+
+@pytest.mark.integration
+def test_llamacpp_takes_a_calls_stops_in_addition_to_its_own(local_llm):
+    assert local_llm.llm.stop == ["<|im_end|>", "<|im_start|>"]
+    text = local_llm.llm.bind(stop=["Paris"]).invoke(CHATML_QUESTION)
+    assert text.strip() and "Paris" not in text
+    assert local_llm.count_tokens(text) < local_llm.max_tokens
 
 
 @pytest.mark.integration

@@ -9,9 +9,11 @@ import pytest
 
 from rag.load import (
     LoadError,
+    LoadFailure,
     LoadOptions,
     UnsupportedSource,
     decode_text,
+    display_form,
     expand_inputs,
     html_to_text,
     load_source,
@@ -60,6 +62,25 @@ PAGE = b"""<!doctype html><html><head><meta charset="utf-8"><title>Tide tables |
 def test_text_is_decoded_without_losing_characters(encoding, text):
     decoded, _ = decode_text(text.encode(encoding))
     assert decoded.lstrip("\ufeff") == text.lstrip("\ufeff")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_bom_is_text_even_when_all_ascii(tmp_path, encoding):
+    text = "Plain ASCII notes\n\nsaved by a Windows tool as UTF-16, no byte-order mark.\n"
+    assert decode_text(text.encode(encoding)) == (text, encoding)
+    path = tmp_path / "notes.txt"
+    path.write_bytes(text.encode(encoding))
+    assert load_source(str(path)).documents[0].page_content == text
+
+
+def test_utf16_without_a_bom_keeps_non_ascii_characters():
+    text = "Crème brûlée, naïve café and plain words around them."
+    assert decode_text(text.encode("utf-16-le")) == (text, "utf-16-le")
+
+
+def test_nul_padded_binary_is_still_refused():
+    with pytest.raises(LoadError, match="binary"):
+        decode_text(bytes([1, 0, 2, 0, 3, 0, 4, 0]) * 200)  # 16-bit numbers, not characters
 
 
 def test_declared_latin1_means_windows_1252_as_in_browsers():
@@ -243,6 +264,42 @@ def test_symlink_loops_end_and_files_are_listed_once(tmp_path):
     os.symlink(tmp_path / "real", tmp_path / "again")
     os.symlink(tmp_path / "real" / "a.md", tmp_path / "link-to-a.md")
     assert _names(expand_inputs([tmp_path]), tmp_path) == ["real/a.md", "real/sub/b.md"]
+
+
+def test_a_self_looping_symlink_in_a_folder_is_reported(tmp_path):
+    _tree(tmp_path, {"a.md": "a"})
+    os.symlink("loop.md", tmp_path / "loop.md")
+    os.symlink("loop", tmp_path / "loop")  # no extension: it could have been a folder
+    os.symlink(".hidden-loop", tmp_path / ".hidden-loop")
+    os.symlink("skipped.md", tmp_path / "skipped.md")
+    found = expand_inputs([tmp_path], exclude=["skipped.md"])
+    assert _names(found, tmp_path) == ["a.md"]
+    assert sorted((Path(f.source).name, f.reason.split(":")[0]) for f in found.failures) == [("loop", "symlink loop"), ("loop.md", "symlink loop")]
+
+
+def test_a_self_looping_symlink_named_directly_is_a_loop_not_missing(tmp_path):
+    os.symlink("loop.md", tmp_path / "loop.md")
+    found = expand_inputs([tmp_path / "loop.md"])
+    assert found.sources == [] and found.missing == []
+    assert [(Path(f.source).name, f.reason.split(":")[0]) for f in found.failures] == [("loop.md", "symlink loop")]
+
+
+def test_names_with_newlines_and_control_characters_are_shown_on_one_line(tmp_path):
+    path = tmp_path / "two\nlines\x1b[31m.md"
+    path.write_text("# Odd name\n", encoding="utf-8")
+    (source,) = expand_inputs([tmp_path]).sources
+    assert source == str(path.resolve())  # the source itself is the real name
+    assert display_form(source) == str(tmp_path.resolve()) + "/two\\nlines\\x1b[31m.md"
+    failure = LoadFailure(source, "cannot read file:\nreason")
+    assert "\n" not in failure.display and "\x1b" not in failure.display
+    assert failure.display.endswith("two\\nlines\\x1b[31m.md: cannot read file:\\nreason")
+    assert display_form("plain/name — é.md") == "plain/name — é.md"
+    assert display_form("bad\udcffbyte\u2028end") == "bad\\udcffbyte\\u2028end"
+
+
+def test_a_malformed_url_is_a_failure_not_a_crash():
+    found = expand_inputs(["http://[::1/notes"])
+    assert found.sources == [] and [f.reason.split(":")[0] for f in found.failures] == ["not a valid URL"]
 
 
 def test_missing_paths_and_empty_folders_are_failures(tmp_path):

@@ -40,7 +40,21 @@ def test_every_family_is_loaded_with_every_kind():
     assert sorted(families) == FAMILIES
     for family in families.values():
         assert set(family.prompts) == set(KINDS), family.name
-        assert family.stop, f"{family.name} has no stop sequences"
+        assert family.stop + family.prompts["rag"].stop, f"{family.name} has no stop sequences for answers"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stops_belong_to_the_task_summaries_never_stop_at_a_blank_line(family):
+    every_task = get_family(family).stop
+    for kind in ("summarize", "map", "reduce"):
+        assert "\n\n" not in every_task + get_spec(family, kind).stop, f"{family}/{kind} would be cut at its first blank line"
+    for kind in ("rag", "condense"):
+        assert "\nQuestion:" in get_spec(family, kind).stop, f"{family}/{kind}: a model inventing the next question is stopped"
+
+
+def test_generic_answers_stop_at_a_blank_line_and_nothing_else_does():
+    assert get_family("generic").stop == ()
+    assert "\n\n" in get_spec("generic", "rag").stop and "\n\n" in get_spec("generic", "condense").stop
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -184,7 +198,7 @@ def test_each_chat_family_stops_at_its_end_of_turn_and_next_turn(family):
     stops = get_family(family).stop
     rendered = get_spec(family, "rag").render(context="C", question="Q")
     assert stops[0] in rendered, "the first stop sequence is a turn marker the format itself uses"
-    assert "\nQuestion:" in stops, "a model inventing the next question is stopped"
+    assert "\nQuestion:" not in stops, "the family's stops end every task; this one is for answers only"
 
 
 def test_default_model_template_selects_chatml():
@@ -228,7 +242,7 @@ def test_family_template_through_the_real_model_stops_without_echoing_markers(fa
     from rag.chains import build_docs_qa_chain
 
     llm = local_llm.llm.model_copy(update={"stop": list(get_family(family).stop), "max_tokens": CAP})
-    chain = build_docs_qa_chain(get_spec(family, "rag").to_template(), llm)
+    chain = build_docs_qa_chain(get_spec(family, "rag").to_template(), llm.bind(stop=list(get_spec(family, "rag").stop)))
     doc = Document(page_content=CONTEXT.split("\n", 1)[1], metadata={"title": "Kestrel Point Lighthouse"})
     answer = "".join(chain.stream({"context": [doc], "question": QUESTION}))
     prompt_tokens = local_llm.count_tokens(get_spec(family, "rag").render(context=CONTEXT, question=QUESTION))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from rag.settings import Settings
+from rag.settings import ConfigFileError, Settings
 
 
 def test_defaults_are_offline_and_rag_sized(tmp_path):
@@ -31,6 +31,30 @@ def test_config_file_is_read_and_keywords_win(monkeypatch, tmp_path):
     monkeypatch.setenv("RAG_CONFIG", str(config))
     settings = Settings(k=2)
     assert (settings.collection, settings.k) == ("notes", 2)
+
+
+def test_environment_beats_the_config_file_and_keywords_beat_both(monkeypatch, tmp_path):
+    config = tmp_path / "rag.toml"
+    config.write_text('collection = "notes"\nk = 2\nn_ctx = 2048\n')
+    monkeypatch.setenv("RAG_CONFIG", str(config))
+    monkeypatch.setenv("RAG_K", "5")
+    monkeypatch.setenv("RAG_N_CTX", "8192")
+    settings = Settings()
+    assert (settings.collection, settings.k, settings.n_ctx) == ("notes", 5, 8192)
+    assert Settings(k=3).k == 3
+    changed = settings.with_overrides(collection="other")  # a copy keeps what the original resolved
+    assert (changed.collection, changed.k, changed.n_ctx) == ("other", 5, 8192)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("rag.toml", 'k = 2\nchunk_sise = 300\n"top k" = 1\n'), ("rag.yaml", "k: 2\nchunk_sise: 300\ntop k: 1\n")]
+)
+def test_unknown_keys_in_the_config_file_are_an_error_naming_them(monkeypatch, tmp_path, name, text):
+    config = tmp_path / name
+    config.write_text(text)
+    monkeypatch.setenv("RAG_CONFIG", str(config))
+    with pytest.raises(ConfigFileError, match=r"unknown setting\(s\) in the RAG_CONFIG file .*: chunk_sise, top k;"):
+        Settings()
 
 
 def test_with_overrides_ignores_none_and_validates(tmp_path):

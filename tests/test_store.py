@@ -17,12 +17,12 @@ from rag.store import (
     StoreBusy,
     check_profile,
     chunk_id,
-    embedder_id,
     open_client,
     open_collection,
     open_store,
     read_profile,
     require_nonempty,
+    similar_chunks,
     store_lock,
     write_profile,
 )
@@ -33,15 +33,6 @@ PROFILE = {"embedder": "Fake:384", "splitter": "recursive-v2", "chunk_size": 500
 def test_chunk_ids_are_stable_and_distinct():
     assert chunk_id("/a.md", "h1") == chunk_id("/a.md", "h1", 0)
     assert len({chunk_id("/a.md", "h1"), chunk_id("/a.md", "h1", 1), chunk_id("/b.md", "h1"), chunk_id("/a.md", "h2")}) == 4
-
-
-def test_embedder_id_names_the_model():
-    assert embedder_id(DeterministicFakeEmbedding(size=384)) == "DeterministicFakeEmbedding:384"
-
-    class Named:
-        model_name = "all-MiniLM-L6-v2.f32.gguf"
-
-    assert embedder_id(Named()) == "Named:all-MiniLM-L6-v2.f32.gguf"
 
 
 def test_profile_is_recorded_and_mismatches_refused(settings):
@@ -55,8 +46,17 @@ def test_profile_is_recorded_and_mismatches_refused(settings):
     check_profile(reopened, PROFILE)
     with pytest.raises(IncompatibleCollection, match=r"chunk_size 500 \(this ingest: 800\).*--reindex"):
         check_profile(reopened, {**PROFILE, "chunk_size": 800})
-    with pytest.raises(IncompatibleCollection, match=r"embedder 'Fake:384' \(this search: 'Other:768'\)"):
+    with pytest.raises(IncompatibleCollection, match=r"embedder 'Fake:384' \(this search: 'Other:768'\).*--reindex"):
         check_profile(reopened, {"embedder": "Other:768"}, what="search")
+
+
+def test_a_collection_from_before_embedder_identities_is_refused(settings):
+    collection = open_collection(settings)
+    write_profile(collection, {**PROFILE, "embedder": "NFCEmbeddings"})
+    collection.add(ids=["x"], embeddings=[[1.0, 0.0]], documents=["old"])
+    for what in ("search", "ingest"):
+        with pytest.raises(IncompatibleCollection, match="older version that did not record which embedding model.*rag ingest --reindex"):
+            check_profile(collection, {"embedder": "NFCEmbeddings"}, what=what)
 
 
 def test_unprofiled_collection_with_chunks_is_refused(settings):
@@ -71,6 +71,38 @@ def test_open_store_refuses_another_embedder(settings, fake_embeddings):
     write_profile(collection, {"embedder": "SomethingElse:768"})
     with pytest.raises(IncompatibleCollection, match="SomethingElse:768"):
         open_store(settings, fake_embeddings)
+
+
+def add_chunks(collection, texts: list[str], embeddings, hashes: list[str] | None = None) -> None:
+    collection.add(
+        ids=[f"id{n}" for n in range(len(texts))],
+        embeddings=embeddings.embed_documents(texts),
+        documents=texts,
+        metadatas=[{"source": f"/doc{n}.md", "chunk_hash": digest} for n, digest in enumerate(hashes or texts)],
+    )
+
+
+def test_similar_chunks_drops_repeated_texts_and_scores_by_cosine(settings, fake_embeddings):
+    collection = open_collection(settings)
+    texts = ["boilerplate footer", "boilerplate footer", "boilerplate footer", "alpha", "beta", "gamma"]
+    add_chunks(collection, texts, fake_embeddings)
+    hits = similar_chunks(collection, fake_embeddings, "boilerplate footer", 3)
+    assert [doc.page_content for doc in hits][0] == "boilerplate footer" and len(hits) == 3
+    assert len({doc.page_content for doc in hits}) == 3, "each text once"
+    assert hits[0].metadata["score"] == pytest.approx(1.0) and hits[0].metadata["source"] == "/doc0.md"
+    assert hits[0].metadata["score"] >= hits[1].metadata["score"] >= hits[2].metadata["score"]
+
+
+def test_a_query_vector_of_another_dimension_is_refused_in_one_line(settings, fake_embeddings):
+    recorded, unrecorded = open_collection(settings), open_collection(settings.with_overrides(collection="bare"))
+    write_profile(recorded, {"dimension": 384})
+    for collection in (recorded, unrecorded):
+        add_chunks(collection, ["alpha", "beta"], fake_embeddings)
+    smaller = DeterministicFakeEmbedding(size=32)
+    with pytest.raises(IncompatibleCollection, match=r"holds 384-dimensional vectors but the embedder 'DeterministicFakeEmbedding:32' makes 32-dimensional.*--reindex"):
+        similar_chunks(recorded, smaller, "alpha", 2)
+    with pytest.raises(IncompatibleCollection, match=r"holds vectors of another dimension but .* makes 32-dimensional"):
+        similar_chunks(unrecorded, smaller, "alpha", 2)
 
 
 def test_empty_store_says_what_to_do(settings, fake_embeddings):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.local_site import LocalSite, Page, endless, gzip_bomb, redirect, trickle
+from tests.local_site import LocalSite, Page, delayed, endless, gzip_bomb, redirect, trickle
 from rag.web import BlockedAddress, FetchError, FetchPolicy, check_address, fetch
 
 LOCAL = FetchPolicy(allow_private_network=True, max_bytes=1_000_000, timeout=5, deadline=10)
@@ -125,6 +125,18 @@ def test_overall_deadline_stops_a_trickling_server(site):
     with pytest.raises(FetchError, match="longer than 1 s"):
         fetch(site.url("/slow"), FetchPolicy(allow_private_network=True, max_bytes=10, timeout=5, deadline=1))
     assert time.monotonic() - started < 8
+
+
+def test_overall_deadline_covers_a_chain_of_slow_redirects(site):
+    hops = 6
+    for hop in range(hops):
+        site.routes[f"/hop{hop}"] = delayed(redirect(f"/hop{hop + 1}"), 0.8)  # each well within the 2 s read timeout
+    site.routes[f"/hop{hops}"] = Page(b"finally", content_type="text/plain")
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="longer than 2 s to fetch"):
+        fetch(site.url("/hop0"), FetchPolicy(allow_private_network=True, timeout=2, deadline=2, max_redirects=10))
+    assert time.monotonic() - started < 3.2  # the whole chain would take 4.8 s
+    assert len(site.requests) < hops
 
 
 def test_address_connected_to_is_checked_again(site, monkeypatch):

@@ -93,15 +93,26 @@ PARTS = [
 
 def instrumented(store: str, question: str) -> dict:
     """The steps of ``Assistant.stream`` in this (fresh) process, each timed; the final prompt as sent."""
-    from langchain_core.callbacks import BaseCallbackHandler
-
+    import gguf
     import llama_cpp
+    from langchain_core.callbacks import BaseCallbackHandler
 
     from rag.answer import Assistant
     from rag.embed import load_embeddings
     from rag.settings import Settings
 
     marks = {"imports": time.perf_counter()}
+    gguf_reads: list[float] = []  # rag reads GGUF headers (chat template, identity) with the gguf package
+    reader_init = gguf.GGUFReader.__init__
+
+    def timed_reader_init(self, *args, **kwargs) -> None:
+        began = time.perf_counter()
+        try:
+            reader_init(self, *args, **kwargs)
+        finally:
+            gguf_reads.append(time.perf_counter() - began)
+
+    gguf.GGUFReader.__init__ = timed_reader_init
     settings = Settings(store_dir=store)
     local = Assistant(settings).local_llm
     marks["model load"] = time.perf_counter()
@@ -163,9 +174,11 @@ def instrumented(store: str, question: str) -> dict:
     parts["chain plumbing"] = (timer.llm_start - stream_start) - parts["query embedding"] - parts["Chroma query"] - parts["context fitting"]
     parts["prompt evaluation"] = timer.first_token - timer.llm_start
     lc = local.llm
+    details = {"GGUF header reads (gguf.GGUFReader)": sum(gguf_reads)}
     return {
         "answer": answer.strip(),
         "parts": parts,
+        "details": details,
         "first_token": timer.first_token - STARTED,
         "generation": finished - timer.first_token,
         "total": finished - STARTED,
@@ -283,6 +296,8 @@ def main() -> None:
     print(f"{'= time to first token':<28}{first[0]:>8.3f}{first[1]:>9.3f}   rag / floor {first[0] / first[1]:.2f}")
     print(f"{'generation':<28}{generation[0]:>8.3f}{generation[1]:>9.3f}")
     print(f"{'= total in the process':<28}{total[0]:>8.3f}{total[1]:>9.3f}   rag / floor {total[0] / total[1]:.2f}")
+    for detail in ours[0]["details"]:
+        print(f"  of which {detail}: {median(d['details'][detail] for d in ours):.3f} s")
     print("(each part is a median on its own; the parts before prompt evaluation are what rag adds to the floor)")
     for label, data in (("rag", ours), ("floor", base)):
         prompt_rate = median(d["llama"]["prompt_tokens"] / max(d["llama"]["prompt_s"], 1e-9) for d in data)

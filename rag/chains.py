@@ -239,7 +239,14 @@ def build_conversational_qa_chain(
     chain = prepare | retrieve | _fitter(prompt, budget) | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
     if budget is None:
         return chain
-    return RunnablePassthrough.assign(question=itemgetter("question") | build_question_check(prompt, budget)) | chain
+    check = build_question_check(prompt, budget)
+
+    def check_asked(inputs: dict) -> dict:
+        # Whole, in one step: a streamed passthrough would hand on the history before the check fails.
+        check.invoke(inputs["question"])
+        return inputs
+
+    return RunnableLambda(check_asked, name="check_asked") | chain
 
 
 # --- summarization --------------------------------------------------------------------------------

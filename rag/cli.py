@@ -66,6 +66,26 @@ def model_options(command: Callable) -> Callable:
     return click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")(command)
 
 
+def folder_options(command: Callable) -> Callable:
+    """--include/--exclude/--hidden: which files of a folder are read (ingest and summarize)."""
+    command = click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also read hidden files and folders.")(command)
+    command = click.option("--exclude", multiple=True, callback=_list_or_none, metavar="GLOB", help="Leave out files and folders matching GLOB (repeatable).")(command)
+    return click.option(
+        "--include", multiple=True, callback=_list_or_none, metavar="GLOB", help="Only files matching GLOB in folders (repeatable): '*.md', 'docs/*.html'."
+    )(command)
+
+
+def _list_or_none(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
+    return list(value) or None
+
+
+def shown(text: str) -> str:
+    """``text`` on one line: control characters and line breaks escaped (file names may hold them)."""
+    from rag.load import display_form
+
+    return display_form(text)
+
+
 def json_option(command: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(command)
 
@@ -167,9 +187,7 @@ def doctor(ctx: click.Context, as_json: bool, **options: Any) -> None:
 @store_options
 @click.option("--chunk-size", type=int, help="Characters per chunk [default: 500].")
 @click.option("--chunk-overlap", type=int, help="Characters shared by neighbouring chunks [default: 0].")
-@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB in folders (repeatable): '*.md', 'docs/*.html'.")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave out files and folders matching GLOB (repeatable).")
-@click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also read hidden files and folders.")
+@folder_options
 @click.option("--allow-private-network", is_flag=True, default=None, help="Allow URLs on loopback and private networks.")
 @click.option("--keep-boilerplate", is_flag=True, help="Keep web pages' navigation, headers and footers.")
 @click.option("--source-timeout", type=float, metavar="SECONDS", help="Time allowed to load one source [default: 60].")
@@ -187,8 +205,6 @@ def ingest(
     reindex: bool,
     keep_boilerplate: bool,
     max_source_mb: float | None,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
     **options: Any,
 ) -> None:
     """Index files, folders and URLs (http/https) into the store.
@@ -200,8 +216,6 @@ def ingest(
 
     settings = settings_from(
         ctx,
-        include=list(include) or None,
-        exclude=list(exclude) or None,
         strip_boilerplate=False if keep_boilerplate else None,
         max_source_bytes=int(max_source_mb * 1e6) if max_source_mb else None,
         **options,
@@ -221,7 +235,7 @@ def ingest(
             + (" [re-indexed]" if report.reindexed else "")
         )
         for failure in report.failures:
-            click.secho(f"failed: {failure.source}: {failure.reason}", fg="yellow", err=True)
+            click.secho(f"failed: {failure.display}", fg="yellow", err=True)
     if report.nothing_done:
         sys.exit(EXIT_NOTHING_DONE)
     if report.failures:
@@ -252,7 +266,7 @@ def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **optio
         return
     for rank, (doc, score) in enumerate(hits, start=1):
         page = f" p.{doc.metadata['page']}" if "page" in doc.metadata else ""
-        click.echo(f"[{rank}] {score:.3f}  {doc.metadata.get('title', '')}  ({doc.metadata.get('source', '')}{page})")
+        click.echo(f"[{rank}] {score:.3f}  {shown(doc.metadata.get('title', ''))}  ({shown(doc.metadata.get('source', ''))}{page})")
         click.echo("    " + " ".join(doc.page_content.split())[:240])
 
 
@@ -271,7 +285,7 @@ def sources(ctx: click.Context, as_json: bool, **options: Any) -> None:
         return
     for entry in entries:
         state = "" if entry.state == "indexed" else "  [incomplete: ingest it again]"
-        click.echo(f"{entry.chunks:>6}  {entry.ingested_at or '-':<25}  {entry.source}  ({entry.title or ''}){state}")
+        click.echo(f"{entry.chunks:>6}  {entry.ingested_at or '-':<25}  {shown(entry.source)}  ({shown(entry.title or '')}){state}")
     click.echo(f"{len(entries)} sources, {sum(entry.chunks for entry in entries)} chunks", err=True)
 
 
@@ -313,7 +327,7 @@ def echo_sources(sources: list) -> None:
     for source in sources:
         score = "" if source.score is None else f" score {source.score:.3f}"
         part = "" if source.part is None else f" part {source.part}"
-        click.echo(f"  [{source.number}] {source.title} ({source.source}){part}{score}")
+        click.echo(f"  [{source.number}] {shown(source.title)} ({shown(source.source)}){part}{score}")
 
 
 @cli.command()
@@ -353,6 +367,7 @@ def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: in
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @model_options
+@folder_options
 @click.option("--no-stream", is_flag=True, help="Print the summary only when it is complete.")
 @json_option
 @click.pass_context
@@ -364,7 +379,7 @@ def summarize(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, no_str
     settings = settings_from(ctx, **options)
     docs, failures = load_documents(inputs, settings)
     for failure in failures:
-        click.echo(f"failed: {failure.source}: {failure.reason}", err=True)
+        click.echo(f"failed: {failure.display}", err=True)
     if not docs:
         raise NothingToSummarize("nothing to summarize: no input could be loaded")
     stream = not (no_stream or as_json)
@@ -466,7 +481,7 @@ def batch_summarize(
             f"in {report.seconds:.1f} s: {report.files.get('report')}"
         )
         for failure in report.failures:
-            click.echo(f"failed: {failure.source} ({failure.stage}): {failure.reason}", err=True)
+            click.echo(f"failed: {failure.display}", err=True)
         if code == EXIT_INTERRUPTED:
             click.echo("interrupted: run the same command again to finish the rest", err=True)
     if code:

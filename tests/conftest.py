@@ -1,9 +1,13 @@
 """Shared fixtures.
 
-Fast tier: fakes (``FakeListLLM``, ``DeterministicFakeEmbedding``), no model loads.
-Integration tier (``@pytest.mark.integration``): the real default models, real Chroma
-on disk, a real llama.cpp server on 127.0.0.1. Sockets to anything but loopback are
-blocked for every test (pytest-socket, see pyproject), so nothing can be downloaded.
+Fast tier (``pytest -m "not integration"``, seconds): fake models (``FakeListLLM``,
+``DeterministicFakeEmbedding``, fake HTTP servers on 127.0.0.1), Chroma on disk in a temp
+folder; no model file is loaded or converted (:func:`_fast_tier_loads_no_model` fails a
+test that does) and no slow child process runs. Integration tier
+(``@pytest.mark.integration``): the real default models and model files, the embedder
+conversion, a real llama.cpp server, loader and worker processes with their limits, the
+CLI as a real process, the wheel build. Sockets to anything but loopback are blocked for
+every test (pytest-socket, see pyproject), so nothing can be downloaded.
 """
 
 from __future__ import annotations
@@ -26,6 +30,29 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("RAG_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_loads_no_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the integration tier, loading a model (llama.cpp, gpt4all) or converting the embedder fails the test."""
+    if request.node.get_closest_marker("integration"):
+        return
+    import gpt4all._pyllmodel
+    import llama_cpp.llama_cpp
+
+    import rag.embed_convert
+
+    def refuse(what: str):
+        def load(*args, **kwargs):
+            # pytest.fail raises a BaseException: no `except Exception` in the code under test hides it.
+            pytest.fail(f"{what} in a fast-tier test: use a fake, or mark the test @pytest.mark.integration", pytrace=False)
+
+        return load
+
+    # The native loaders themselves, where a missing file has already been refused.
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_load_from_file", refuse("llama.cpp loads a model"))
+    monkeypatch.setattr(gpt4all._pyllmodel.LLModel, "__init__", refuse("gpt4all loads a model"))
+    monkeypatch.setattr(rag.embed_convert, "convert_minilm", refuse("the embedder is converted"))
 
 
 @pytest.fixture

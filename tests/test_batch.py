@@ -522,6 +522,7 @@ def test_cli_needs_inputs_or_the_store(run_cli, tmp_path):
     assert result.exit_code == 2 and "--from-store" in result.output
 
 
+@pytest.mark.integration  # the CLI as a real process
 def test_ctrl_c_stops_cleanly_and_a_rerun_finishes_the_rest(tmp_path, fake_server, settings):
     server = fake_server(token_delay=0.06)
     folder = tmp_path / "docs"
@@ -616,6 +617,7 @@ def test_servers_serving_different_models_are_refused(corpus, tmp_path, batch_se
         summarize_batch([corpus], tmp_path / "out", batch_settings, servers=[first.url, second.url])
 
 
+@pytest.mark.integration  # real worker processes
 def test_in_process_backends_run_one_worker_process_each(corpus, tmp_path, batch_settings):
     report = summarize_batch([corpus], tmp_path / "out", batch_settings, workers=2, llm_factory=fake_factory)
 
@@ -624,6 +626,7 @@ def test_in_process_backends_run_one_worker_process_each(corpus, tmp_path, batch
     assert all(worker.startswith("pid ") for worker in workers) and str(os.getpid()) not in " ".join(workers)
 
 
+@pytest.mark.integration
 def test_a_worker_process_that_cannot_restart_fails_one_document_not_the_job(batch_settings):
     from rag.batch import DocumentTask, _ProcessEngine
 

@@ -31,6 +31,7 @@ def test_help_lists_the_commands(run):
         assert command in result.output
 
 
+@pytest.mark.integration  # reads the real model files
 def test_models_json_is_machine_readable(run):
     result = run("models", "--json")
     assert result.exit_code == 0
@@ -62,6 +63,7 @@ def test_bad_settings_are_one_line_errors_not_tracebacks(run, monkeypatch, env, 
     assert expected in result.output
 
 
+@pytest.mark.integration  # the CLI as a real process
 def test_truncated_model_fails_cleanly_in_a_real_process(settings, tmp_path):
     bogus = tmp_path / "bad.gguf"
     bogus.write_bytes(b"GGUF" + b"\0" * 64)
@@ -86,6 +88,7 @@ def test_doctor_passes_with_the_default_models(run):
     assert "GPU offload" in build["detail"]
 
 
+@pytest.mark.integration  # doctor loads the real embedder
 def test_doctor_fails_with_the_fix_when_a_model_is_missing(run, tmp_path):
     result = run("doctor", "--model", str(tmp_path / "gone.gguf"))
     assert result.exit_code == EXIT_ERROR
@@ -100,6 +103,7 @@ def one_line_error(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("backend", [["--backend", "llamafile"], []], ids=["with-backend", "server-alone"])
+@pytest.mark.integration  # doctor loads the real embedder
 def test_doctor_reports_an_unreachable_server(run, backend):
     result = run("doctor", *backend, "--server", DEAD_SERVER, "--json")
     assert result.exit_code == EXIT_ERROR
@@ -204,6 +208,7 @@ def test_an_unusable_out_folder_is_one_line_naming_it(run, tmp_path, command):
 
 
 @unusable_folders
+@pytest.mark.integration  # the CLI as a real process
 def test_an_unusable_store_is_one_line_in_a_real_process(settings, tmp_path):
     env = {"RAG_DATA_DIR": str(settings.data_dir), "PATH": "/usr/bin:/bin"}
     note = tmp_path / "note.txt"

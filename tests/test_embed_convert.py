@@ -1,4 +1,4 @@
-"""Tests for rag.embed_convert: cache handling (fast) and embedding fidelity (integration)."""
+"""Tests for rag.embed_convert: finding the source and reusing the cache (fast); conversions and embedding fidelity (integration)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _conversions(caplog: pytest.LogCaptureFixture) -> int:
     return sum(r.name == embed_convert.__name__ and r.msg.startswith("converting") for r in caplog.records)
 
 
-# --- fast tier -------------------------------------------------------------------
+# --- the source and the cache (conversions are integration tier) ------------------
 
 
 def test_locate_finds_installed_weights(source_dir: Path) -> None:
@@ -53,6 +53,7 @@ def test_locate_finds_installed_weights(source_dir: Path) -> None:
     assert (source_dir / "tokenizer.json").is_file()
 
 
+@pytest.mark.integration
 def test_gguf_metadata_matches_what_gpt4all_needs(converted: Path) -> None:
     reader = gguf.GGUFReader(converted)
 
@@ -77,6 +78,7 @@ def test_gguf_metadata_matches_what_gpt4all_needs(converted: Path) -> None:
     assert {t.tensor_type for t in reader.tensors} == {gguf.GGMLQuantizationType.F32}
 
 
+@pytest.mark.integration
 def test_ensure_builds_once_then_reuses(
     source_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -89,6 +91,7 @@ def test_ensure_builds_once_then_reuses(
     assert _conversions(caplog) == 1
 
 
+@pytest.mark.integration
 def test_stale_sidecar_triggers_rebuild(
     source_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -104,11 +107,13 @@ def test_stale_sidecar_triggers_rebuild(
     assert json.loads(sidecar.read_text()) == stamp
 
 
+@pytest.mark.integration
 def test_writes_leave_no_temp_files(source_dir: Path, tmp_path: Path) -> None:
     ensure_minilm_gguf(tmp_path, source_dir)
     assert sorted(p.name for p in tmp_path.iterdir()) == [GGUF_FILENAME, GGUF_FILENAME + ".json"]
 
 
+@pytest.mark.integration
 def test_failed_conversion_removes_its_temp_file(source_dir: Path, tmp_path: Path) -> None:
     blocked = tmp_path / GGUF_FILENAME
     blocked.mkdir()  # os.replace onto a folder fails after the temp file is written

@@ -378,6 +378,7 @@ def test_private_network_needs_the_opt_in(settings, counting):
     assert site.requests == []
 
 
+@pytest.mark.integration  # the loader process's time limit
 def test_a_hanging_source_costs_at_most_the_time_limit(settings, corpus, counting):
     with LocalSite({"/slow": trickle(seconds=60)}) as site:
         started = time.monotonic()
@@ -436,6 +437,7 @@ def make_bad_folder(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.integration  # a real ingest process and its loader processes
 def test_bad_input_folder_every_good_file_lands_every_bad_one_is_reported(settings, tmp_path):
     folder = tmp_path / "bad"
     expected = make_bad_folder(folder)
@@ -460,6 +462,7 @@ def test_bad_input_folder_every_good_file_lands_every_bad_one_is_reported(settin
     assert result["peak_rss_mb"] < 600 and result["children_peak_rss_mb"] < 600, result
 
 
+@pytest.mark.integration  # the loader process's memory cap
 def test_a_source_that_needs_too_much_memory_fails_alone(settings, corpus, counting):
     (corpus / "dense.html").write_text("<html><body>" + "<p><b>x</b> <i>y</i></p>" * 200_000 + "</body></html>")
     report = ingest([corpus], settings.with_overrides(loader_memory_mb=250), counting)
@@ -491,6 +494,7 @@ def write_corpus(folder: Path, version: int) -> None:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.integration  # a real ingest process, killed
 def test_a_run_stopped_half_way_then_rerun_equals_a_clean_run(settings, tmp_path, stop):
     folder = tmp_path / "corpus"
     write_corpus(folder, 1)

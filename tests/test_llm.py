@@ -173,6 +173,7 @@ def test_non_gguf_file_is_rejected_before_loading(settings, tmp_path):
         load_llm(settings.with_overrides(llm_model=str(bogus)))
 
 
+@pytest.mark.integration  # reads the real model file
 def test_truncated_gguf_is_rejected(settings, tmp_path):
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(default_llm_path().read_bytes()[:1_000_000])
@@ -221,6 +222,7 @@ gpt4all_compatible_copy(Path(sys.argv[1]), "smollm", Path(sys.argv[2]))
 """
 
 
+@pytest.mark.integration  # a real process, killed mid-write
 def test_gpt4all_copy_of_a_process_that_died_mid_write_is_never_used_and_is_cleaned(tmp_path):
     source, cache = write_tiny_gguf(tmp_path / "model.gguf"), tmp_path / "cache"
     died = subprocess.run([sys.executable, "-c", DIE_MID_WRITE, str(source), str(cache)], capture_output=True, text=True, timeout=60)

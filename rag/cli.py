@@ -14,7 +14,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from rag.errors import RagError
+from rag.errors import EmptyQuestion, RagError
 from rag.settings import Settings
 
 # Exit statuses (documented in the README).
@@ -37,6 +37,9 @@ def handle_errors(command: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except EmptyQuestion as error:  # a usage error the library finds before loading anything
+            click.secho(f"error: {error}", fg="red", err=True)
+            sys.exit(EXIT_USAGE)
         except RagError as error:
             click.secho(f"error: {error}", fg="red", err=True)
             sys.exit(EXIT_ERROR)
@@ -126,13 +129,6 @@ def implied_backend(backend: str | None, server_given: bool) -> str | None:
     if backend not in (None, "llamafile"):
         raise click.UsageError(f"--server needs the llamafile backend, not --backend {backend}: drop --backend or --server")
     return "llamafile"
-
-
-def require_text(text: str, what: str, example: str) -> str:
-    """``text``, or a usage error when it is empty or only whitespace (checked before anything loads)."""
-    if not text.strip():
-        raise click.UsageError(f"the {what} is empty: give one, e.g. {example}")
-    return text
 
 
 def output_folder(path: str | os.PathLike, what: str) -> Path:
@@ -251,7 +247,6 @@ def ingest(
 @handle_errors
 def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **options: Any) -> None:
     """Show the chunks most similar to QUERY, with score, source and title."""
-    require_text(query, "query", 'rag search "lighthouse keeper"')
     from rag.indexing import search as run_search
 
     settings = settings_from(ctx, k=k, **options)
@@ -341,7 +336,6 @@ def echo_sources(sources: list) -> None:
 @handle_errors
 def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: int | None, **options: Any) -> None:
     """Answer QUESTION from the indexed documents, then list its sources."""
-    require_text(question, "question", 'rag ask "When was the lighthouse first lit?"')
     from rag.answer import Assistant
 
     assistant = Assistant(settings_from(ctx, k=k, **options))

@@ -42,7 +42,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from rag.embed import embedder_id
-from rag.errors import RagError
+from rag.errors import RagError, require_question
 from rag.load import LoadFailure, LoadOptions, expand_inputs, is_url, normalize_url
 from rag.loader_process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
 from rag.settings import Settings
@@ -420,10 +420,6 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
 # --- reading the index ---------------------------------------------------------------------------------
 
 
-class EmptyQuery(RagError, ValueError):
-    """A search query (or question) that is empty or only whitespace."""
-
-
 def search(
     query: str, k: int | None = None, settings: Settings | None = None, embeddings: Embeddings | None = None
 ) -> list[tuple[Document, float]]:
@@ -434,12 +430,11 @@ def search(
     also carries its score in ``metadata["score"]``.
 
     Raises:
-        EmptyQuery: ``query`` is empty or whitespace (checked before anything loads).
+        EmptyQuestion: ``query`` is empty or whitespace (checked before anything loads).
         EmptyStore: nothing is indexed in the collection.
         IncompatibleCollection: the collection was built with another embedder.
     """
-    if not query or not query.strip():
-        raise EmptyQuery('the search query is empty: give the words to search for, e.g. rag search "when was the lighthouse built?"')
+    require_question(query, "search query", 'rag search "when was the lighthouse built?"')
     settings = settings or Settings()
     k = settings.k if k is None else k
     if k < 1:
@@ -497,4 +492,4 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
     return report
 
 
-__all__ = ["EmptyQuery", "IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]
+__all__ = ["IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]

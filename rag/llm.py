@@ -177,9 +177,11 @@ def gpt4all_compatible_copy(path: Path, pre_tokenizer: str | None, cache_dir: Pa
         if target.is_file():  # another process wrote it while we waited
             return target
         # Every writer holds the lock: a temporary file seen now was left by one that died.
-        for stale in [*folder.glob(f".{target.name}.*.tmp"), *folder.glob(f"{target.stem}.tmp*")]:
-            logger.info("removing %s, a partial copy left by an interrupted run", stale.name)
-            stale.unlink(missing_ok=True)
+        for stale in folder.iterdir():
+            name = stale.name  # ours: .TARGET.PID.THREAD.tmp; earlier versions: TARGET-STEM.tmpPID
+            if (name.startswith(f".{target.name}.") and name.endswith(".tmp")) or name.startswith(f"{target.stem}.tmp"):
+                logger.info("removing %s, a partial copy left by an interrupted run", name)
+                stale.unlink(missing_ok=True)
         logger.info("writing a gpt4all-compatible copy of %s (pre-tokenizer %s -> %s)", path.name, pre_tokenizer, replacement)
         partial = folder / f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:

@@ -17,7 +17,8 @@ from langchain_core.documents import Document
 from langchain_core.language_models import FakeListLLM, FakeStreamingListLLM
 from langchain_core.language_models.fake import FakeListLLMError
 
-from rag.answer import Answer, Assistant, EmptyQuestion, NothingToSummarize, Summary, summarize
+from rag.answer import Answer, Assistant, NothingToSummarize, Summary, summarize
+from rag.errors import EmptyQuestion
 from rag.budget import ContextOverflow
 from rag.cli import EXIT_ERROR, EXIT_OK, cli
 from rag.llm import LLMBackendError, LocalLLM

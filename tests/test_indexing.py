@@ -22,7 +22,8 @@ from langchain_core.language_models import FakeListLLM
 from rag.answer import Assistant
 from rag.cli import EXIT_ERROR, EXIT_NOTHING_DONE, EXIT_OK, EXIT_PARTIAL, cli
 from rag.embed import embedder_id
-from rag.indexing import EmptyQuery, forget, ingest, list_sources, search
+from rag.errors import EmptyQuestion
+from rag.indexing import forget, ingest, list_sources, search
 from rag.llm import LocalLLM
 from rag.load import SUPPORTED_SUFFIXES
 from rag.store import IncompatibleCollection, NotIndexed, StoreBusy, open_collection, store_lock
@@ -197,7 +198,7 @@ def test_an_empty_query_is_refused_before_anything_loads(settings, monkeypatch):
 
     monkeypatch.setattr("rag.embed.load_embeddings", no_loading)
     for query in ("", "   \n\t"):
-        with pytest.raises(EmptyQuery, match="the search query is empty"):
+        with pytest.raises(EmptyQuestion, match="the search query is empty"):
             search(query, settings=settings)
     assert not settings.store_path.exists()
 

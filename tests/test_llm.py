@@ -236,6 +236,19 @@ def test_gpt4all_copy_of_a_process_that_died_mid_write_is_never_used_and_is_clea
     assert gpt4all_compatible_copy(source, "smollm", cache) == copy
 
 
+def test_gpt4all_copy_removes_partial_copies_left_by_earlier_runs(tmp_path):
+    source, cache = write_tiny_gguf(tmp_path / "model.gguf"), tmp_path / "cache"
+    folder = cache / "models" / "gpt4all"
+    folder.mkdir(parents=True)
+    stat = source.stat()
+    name = f"model.{stat.st_size}-{stat.st_mtime_ns}.gguf"
+    left = [folder / f".{name}.4242.1.tmp", folder / f"model.{stat.st_size}-{stat.st_mtime_ns}.tmp4242"]  # this version's, an earlier one's
+    for partial in left:
+        partial.write_bytes(b"GGUF")
+    copy = gpt4all_compatible_copy(source, "smollm", cache)
+    assert copies_in(cache) == [copy.name] == [name] and pre_tokenizer_of(copy) == "starcoder"
+
+
 def test_gpt4all_copy_interrupted_in_process_leaves_nothing_behind(tmp_path, monkeypatch):
     import gguf
 

@@ -290,7 +290,7 @@ def fake_server():
     def start(mode: str = "ok") -> str:
         handler = type("Handler", (FakeLlamaServer,), {"mode": mode})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 

@@ -312,7 +312,7 @@ class TokenizerFailsOn(http.server.BaseHTTPRequestHandler):
 
 def test_a_server_error_while_counting_tokens_is_one_failed_answer(settings, question_file, fake_embeddings):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), TokenizerFailsOn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         report = run_eval(question_file, settings.with_overrides(backend="llamafile", llamafile_url=url), embeddings=fake_embeddings)

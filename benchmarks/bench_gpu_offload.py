@@ -17,7 +17,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from rag.llm import load_llm
+from rag.llm import load_local_llm
 from rag.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -61,7 +61,7 @@ def run_once(local, prompt: str) -> Phases:
 
 
 def measure(settings: Settings, prompt: str, rounds: int) -> list[Phases]:
-    local = load_llm(settings)
+    local = load_local_llm(settings)
     local.llm.invoke(prompt, max_tokens=8)  # warm-up: first-call allocations, GPU kernels
     return [run_once(local, prompt) for _ in range(rounds)]
 

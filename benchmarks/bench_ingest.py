@@ -178,7 +178,7 @@ def run_variant(variant: str, embeddings, workdir: Path) -> dict:
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     from rag.indexing import ingest, search
-    from rag.loader_process import shutdown
+    from rag.sources.process import shutdown
     from rag.settings import Settings
     from rag.store import open_collection
 

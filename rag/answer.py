@@ -11,6 +11,9 @@ Example::
     session.ask("What is QuokkaDB?")
     session.ask("And what about its license?")   # answered using the history
     print(summarize(["data/quokkadb.rst"]).summary)
+
+Results serialize themselves: ``answer.to_dict()`` (everything), ``answer.to_dict(chunks=False)``
+(each source as cited, without its text: what ``rag ask --json`` prints).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
@@ -39,16 +42,23 @@ from rag.chains import (
     build_summarize_chain,
 )
 from rag.errors import EmptyQuestion, RagError, require_question
-from rag.llm import LocalLLM, load_llm
+from rag.llm import LocalLLM, load_local_llm
 from rag.prompts import HUB_PREFIX, PromptNotFound, get_prompt, get_spec, resolve_prompt
 from rag.settings import Settings
 from rag.store import require_nonempty
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rag.sources import LoadFailure
 
 logger = logging.getLogger(__name__)
 
 
 class NothingToSummarize(RagError, ValueError):
-    """No document could be loaded for summarization."""
+    """No document could be loaded for summarization; ``failures`` says why each input failed."""
+
+    def __init__(self, message: str, failures: Sequence[LoadFailure] = ()):
+        super().__init__(message)
+        self.failures = list(failures)
 
 
 @dataclass
@@ -82,6 +92,14 @@ def _sources(docs: Sequence[Document]) -> list[Source]:
     return [Source.from_document(number, doc) for number, doc in enumerate(docs, start=1)]
 
 
+def _as_dict(result: Any, chunks: bool, cited: tuple[str, ...]) -> dict:
+    """A result as a dict; without ``chunks``, each source keeps only the ``cited`` fields."""
+    data = asdict(result)
+    if not chunks:
+        data["sources"] = [{key: source[key] for key in cited} for source in data["sources"]]
+    return data
+
+
 @dataclass
 class Answer:
     """An answer, the sources its citations [1], [2], ... refer to, and how it was made.
@@ -100,8 +118,11 @@ class Answer:
     model: str
     metadata: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    CITED: ClassVar[tuple[str, ...]] = ("number", "source", "title", "score")
+
+    def to_dict(self, chunks: bool = True) -> dict:
+        """The answer as JSON-ready data; ``chunks=False`` keeps of each source only how it is cited (no text)."""
+        return _as_dict(self, chunks, self.CITED)
 
 
 @dataclass
@@ -109,7 +130,8 @@ class Summary:
     """A summary of documents, with the sources its citations refer to.
 
     ``method`` is ``"stuff"`` (one prompt) or ``"map_reduce"`` (the documents did not fit
-    the context); ``metadata`` has the number of map groups and LLM calls.
+    the context); ``metadata`` has the number of map groups and LLM calls; ``failures``
+    the inputs that could not be loaded (each with its ``source`` and ``reason``).
     """
 
     summary: str
@@ -118,9 +140,13 @@ class Summary:
     prompt: str
     model: str
     metadata: dict = field(default_factory=dict)
+    failures: list[LoadFailure] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    CITED: ClassVar[tuple[str, ...]] = ("number", "source", "title", "part")
+
+    def to_dict(self, chunks: bool = True) -> dict:
+        """The summary as JSON-ready data; ``chunks=False`` keeps of each source only how it is cited (no text)."""
+        return _as_dict(self, chunks, self.CITED)
 
 
 class Assistant:
@@ -149,7 +175,7 @@ class Assistant:
     @property
     def local_llm(self) -> LocalLLM:
         if self._local_llm is None:
-            self._local_llm = load_llm(self.settings)
+            self._local_llm = load_local_llm(self.settings)
         return self._local_llm
 
     @property
@@ -263,14 +289,22 @@ class Assistant:
 
     # --- summaries --------------------------------------------------------------------------------
 
-    def stream_summary(self, docs: Sequence[Document], *, max_concurrency: int = 1) -> Iterator[str | Summary]:
-        """Yield the summary's tokens as they come, then the finished :class:`Summary`.
+    def stream_summary(
+        self, inputs: Iterable[str | Path | Document], *, max_concurrency: int = 1
+    ) -> Iterator[str | LoadFailure | Summary]:
+        """Yield each input that fails to load, then the summary's tokens as they come, then the :class:`Summary`.
 
-        The documents are stuffed into one prompt when they fit the context, else
+        ``inputs`` are Documents, or files, folders and URLs loaded as :func:`load_documents`
+        loads them. The documents are stuffed into one prompt when they fit the context, else
         summarized part by part (map) and combined (reduce); only the last call streams.
+        The failures are also in ``Summary.failures``; :class:`NothingToSummarize` (with
+        its ``failures``) is raised when no document loads.
         """
+        docs, failures = load_documents(inputs, self.settings)
+        yield from failures
         if not docs:
-            raise NothingToSummarize("nothing to summarize: no documents were given or loaded")
+            message = "no input could be loaded" if failures else "no documents were given or loaded"
+            raise NothingToSummarize(f"nothing to summarize: {message}", failures)
         family = self.local_llm.family
         chain = build_summarize_chain(SummarizePrompts.for_family(family), self.local_llm.llm, self.budget, max_concurrency=max_concurrency)
         state: dict[str, Any] = {}
@@ -295,10 +329,12 @@ class Assistant:
                 "n_ctx": self.local_llm.n_ctx,
                 "answer_tokens": self.local_llm.max_tokens,
             },
+            failures=failures,
         )
 
-    def summarize(self, docs: Sequence[Document], *, max_concurrency: int = 1) -> Summary:
-        return _last(self.stream_summary(docs, max_concurrency=max_concurrency), Summary)
+    def summarize(self, inputs: Iterable[str | Path | Document], *, max_concurrency: int = 1) -> Summary:
+        """The :class:`Summary` of Documents, files, folders or URLs (see :meth:`stream_summary`)."""
+        return _last(self.stream_summary(inputs, max_concurrency=max_concurrency), Summary)
 
     # --- chat -------------------------------------------------------------------------------------
 
@@ -368,11 +404,11 @@ def load_documents(inputs: Iterable[str | Path | Document], settings: Settings |
 
     Folders follow the settings' ``include``, ``exclude`` and ``include_hidden``; each
     source is parsed in the loader process under ``source_timeout`` and ``loader_memory_mb``
-    (see :mod:`rag.loader_process`). Returns the documents (one per PDF page, else one per
+    (see :mod:`rag.sources.process`). Returns the documents (one per PDF page, else one per
     source) and the load failures (each with its ``source`` and ``reason``).
     """
-    from rag.load import LoadFailure, LoadOptions, expand_inputs
-    from rag.loader_process import LoadRequest, load_each
+    from rag.sources import LoadFailure, LoadOptions, expand_inputs
+    from rag.sources.process import LoadRequest, load_each
 
     settings = settings or Settings()
     given = list(inputs)
@@ -396,14 +432,11 @@ def load_documents(inputs: Iterable[str | Path | Document], settings: Settings |
 def summarize(inputs: Iterable[str | Path | Document], settings: Settings | None = None) -> Summary:
     """Summarize files, folders, URLs or Documents (loads the LLM; use :class:`Assistant` for many).
 
-    Sources that cannot be loaded are logged and listed in ``metadata["failures"]``;
-    :class:`NothingToSummarize` is raised when none loads.
+    Sources that cannot be loaded are logged and listed in ``Summary.failures``;
+    :class:`NothingToSummarize` (naming each failure) is raised when none loads.
     """
-    settings = settings or Settings()
-    docs, failures = load_documents(inputs, settings)
-    if not docs:
-        reasons = "; ".join(f"{failure.source}: {failure.reason}" for failure in failures)
-        raise NothingToSummarize(f"nothing to summarize: no document could be loaded ({reasons or 'no inputs'})")
-    summary = Assistant(settings).summarize(docs)
-    summary.metadata["failures"] = [{"source": failure.source, "reason": failure.reason} for failure in failures]
-    return summary
+    try:
+        return Assistant(settings).summarize(inputs)
+    except NothingToSummarize as error:
+        reasons = "; ".join(f"{failure.source}: {failure.reason}" for failure in error.failures)
+        raise NothingToSummarize(f"nothing to summarize: no document could be loaded ({reasons or 'no inputs'})", error.failures) from None

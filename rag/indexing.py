@@ -12,7 +12,7 @@ Indexing is incremental and idempotent:
   writing marked pending; the next run redoes them and ends with exactly the
   chunks a clean run gives.
 
-Loading and splitting run ahead in a child process (see :mod:`rag.loader_process`)
+Loading and splitting run ahead in a child process (see :mod:`rag.sources.process`)
 while this process embeds, so a hostile file costs at most ``source_timeout``.
 
 Example::
@@ -36,15 +36,14 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from rag.embed import embedder_id
 from rag.errors import RagError, require_question
-from rag.load import LoadFailure, LoadOptions, expand_inputs, is_url, normalize_url
-from rag.loader_process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
+from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
+from rag.sources.process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
 from rag.settings import Settings
 from rag.split import build_splitter, splitter_profile
 from rag.store import (
@@ -452,6 +451,12 @@ def search(
     return [(doc, doc.metadata["score"]) for doc in similar_chunks(collection, embeddings, query, k)]
 
 
+def hit_to_dict(doc: Document, score: float) -> dict:
+    """A search hit as ``rag search --json`` prints it: score, text, source, title, page, start_index."""
+    fields = {key: doc.metadata[key] for key in ("source", "title", "page", "start_index") if key in doc.metadata}
+    return {"score": round(score, 4), "text": doc.page_content, **fields}
+
+
 def list_sources(settings: Settings | None = None) -> list[SourceEntry]:
     """What the collection holds: one entry per source (chunks, title, when last ingested)."""
     settings = settings or Settings()
@@ -475,7 +480,7 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
         collection = open_collection(settings, client, create=False)
         limit = client.get_max_batch_size()
         for item in sources:
-            key = normalize_url(item) if is_url(item) else str(Path(item).expanduser().resolve(strict=False))
+            key = source_key(item)
             entries = record.entries(under=key)
             in_chroma = chunks_of_source(collection, key) if collection is not None else {}
             if not entries and not in_chroma:
@@ -492,4 +497,4 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
     return report
 
 
-__all__ = ["IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]
+__all__ = ["hit_to_dict", "IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]

@@ -215,6 +215,17 @@ def read_gguf_metadata(path: Path) -> GGUFMetadata:
     return _read_metadata_cached(path, stat.st_size, stat.st_mtime_ns)
 
 
+def model_prompt_family(path: Path, prompt: str | None = None) -> str:
+    """The prompt family of a GGUF LLM: that of the ``prompt`` chosen, else detected from its chat template and name.
+
+    The one place a model file's family is decided (loading, ``rag doctor``, ``rag models``, batch keys).
+    """
+    from rag.prompts import choose_family
+
+    path = Path(path)
+    return choose_family(prompt, read_gguf_metadata(path).chat_template, path.name)
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """One usable model, as ``rag models`` lists it."""
@@ -233,8 +244,6 @@ class ModelInfo:
 
 def list_models(settings: Settings) -> list[ModelInfo]:
     """The default models plus every GGUF in the models folder, with their detected chat format."""
-    from rag.prompts import detect_family
-
     found: list[tuple[str, Path | None, str, str | None]] = []
     try:
         found.append(("llm", default_llm_path(), f"PyPI package {DEFAULT_LLM_DIST}", None))
@@ -261,7 +270,7 @@ def list_models(settings: Settings) -> list[ModelInfo]:
                 meta = read_gguf_metadata(path)
                 if meta.architecture == "bert":
                     role = "embedding"
-                chat_format = detect_family(meta.chat_template, path.name) if role == "llm" else None
+                chat_format = model_prompt_family(path) if role == "llm" else None
             except (InvalidModelFile, ModelNotFound) as bad:
                 error = str(bad)
         models.append(

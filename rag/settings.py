@@ -4,6 +4,7 @@ Every field can be set by keyword, by an environment variable with the
 ``RAG_`` prefix (``RAG_N_CTX=8192``) or from a TOML/JSON/YAML config file
 named by ``RAG_CONFIG``. Keywords (the CLI passes its flags as keywords) beat
 environment variables, which beat the config file, which beats the defaults.
+A value it rejects is an :class:`InvalidSettings` (a ``RagError``) naming it.
 
 Example::
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -46,13 +47,19 @@ class Settings(BaseSettings):
         default_factory=_default_cache_dir,
         description="Derived model files (converted embedder, compatibility copies).",
     )
-    store_dir: Path | None = Field(None, description="Chroma store directory; default DATA_DIR/store.")
-    models_dir: Path | None = Field(None, description="Folder searched for GGUF files by name; default DATA_DIR/models.")
+    store_dir: Path | None = Field(
+        None, description="Chroma store directory; default DATA_DIR/store.", json_schema_extra={"default_text": "DATA_DIR/store"}
+    )
+    models_dir: Path | None = Field(
+        None, description="Folder searched for GGUF files by name; default DATA_DIR/models.", json_schema_extra={"default_text": "DATA_DIR/models"}
+    )
     collection: str = Field("default", description="Chroma collection name.")
 
     # LLM
     backend: Backend = Field("llamacpp", description="LLM backend: llamacpp, gpt4all or llamafile.")
-    llm_model: str | None = Field(None, description="GGUF path or file name in MODELS_DIR; default SmolLM2-135M.")
+    llm_model: str | None = Field(
+        None, description="GGUF path or file name in MODELS_DIR; default SmolLM2-135M.", json_schema_extra={"default_text": "SmolLM2-135M"}
+    )
     n_ctx: int = Field(4096, ge=256, description="Context window in tokens (LangChain's 512 is too small for RAG).")
     n_batch: int = Field(512, ge=1, description="Prompt tokens processed per batch.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
@@ -74,7 +81,9 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
     prompt: str | None = Field(
-        None, description="Prompt name or family (chatml, rlm/rag-prompt, hub:OWNER/NAME); default: detected from the model."
+        None,
+        description="Prompt name or family (chatml, rlm/rag-prompt, hub:OWNER/NAME); default: detected from the model.",
+        json_schema_extra={"default_text": "detected"},
     )
     history_turns: int = Field(4, ge=0, description="Chat exchanges kept as context for follow-up questions.")
     allow_private_network: bool = Field(False, description="Allow URLs on loopback and private networks.")
@@ -110,10 +119,48 @@ class Settings(BaseSettings):
     def models_path(self) -> Path:
         return self.models_dir or self.data_dir / "models"
 
+    def __init__(self, **values: Any) -> None:
+        """Validate keywords, ``RAG_*`` variables and the config file; raises :class:`InvalidSettings`."""
+        try:
+            super().__init__(**values)
+        except ValidationError as error:
+            raise InvalidSettings.from_validation_error(error) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as error:
+            raise InvalidSettings.from_validation_error(error) from None
+
     def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with the given fields changed; ``None`` values are ignored."""
+        """A copy with the given fields changed; ``None`` values are ignored. Raises :class:`InvalidSettings`."""
         changes = {key: value for key, value in changes.items() if value is not None}
         return type(self)(**{**self.model_dump(), **changes})
+
+
+def setting_default(name: str) -> Any:
+    """The default of one :class:`Settings` field (what the LLM classes and loaders start from)."""
+    return Settings.model_fields[name].get_default(call_default_factory=True)
+
+
+def shown_default(name: str) -> str:
+    """A field's default as help texts show it: the value, or what a ``None`` default stands for."""
+    field = Settings.model_fields[name]
+    value = setting_default(name)
+    if value is None:
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        return str(extra.get("default_text", "none"))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class InvalidSettings(RagError, ValueError):
+    """A keyword, ``RAG_*`` environment variable or config file value that :class:`Settings` rejects."""
+
+    @classmethod
+    def from_validation_error(cls, error: ValidationError) -> InvalidSettings:
+        """One line naming every rejected value and where values come from."""
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}={item['input']!r}: {item['msg']}" for item in error.errors())
+        return cls(f"invalid setting: {problems} (check the flags, RAG_* environment variables and RAG_CONFIG file)")
 
 
 class ConfigFileError(RagError, ValueError):

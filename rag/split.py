@@ -1,6 +1,6 @@
 """Chunking with LangChain's ``RecursiveCharacterTextSplitter``.
 
-Markdown, and HTML (which :mod:`rag.load` turns into Markdown-like text), are cut
+Markdown, and HTML (which :mod:`rag.sources.html` turns into Markdown-like text), are cut
 at headings, code fences and rules before paragraphs; reStructuredText at its
 section markup; plain text and PDF pages at paragraphs, lines, then words.
 Every chunk carries ``start_index`` and ``chunk_hash`` (SHA-256 of its text)

@@ -82,9 +82,9 @@ def embeddings():
 @pytest.fixture(scope="session")
 def local_llm():
     """The real default LLM (SmolLM2-135M via llama.cpp), greedy, loaded once."""
-    from rag.llm import load_llm
+    from rag.llm import load_local_llm
 
-    return load_llm(Settings(temperature=0.0, max_tokens=96))
+    return load_local_llm(Settings(temperature=0.0, max_tokens=96))
 
 
 def start_llama_server(model: Path, **options) -> LlamaServer:

@@ -21,7 +21,8 @@ from rag.answer import Answer, Assistant, NothingToSummarize, Summary, summarize
 from rag.errors import EmptyQuestion
 from rag.budget import ContextOverflow
 from rag.cli import EXIT_ERROR, EXIT_OK, cli
-from rag.llm import LLMBackendError, LocalLLM
+from rag.errors import LLMBackendError
+from rag.llm import LocalLLM
 from rag.store import EmptyStore
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -196,6 +197,30 @@ def test_generic_answers_stop_at_a_blank_line_and_summaries_do_not(settings, fak
 def test_summarize_paths_reports_failures_and_refuses_nothing(settings, tmp_path):
     with pytest.raises(NothingToSummarize):
         summarize([tmp_path / "missing.md"], settings)
+
+
+def test_summarize_takes_paths_and_returns_failures_with_the_summary(settings, tmp_path):
+    missing = tmp_path / "missing.md"
+    assistant = Assistant(settings, local_llm=fake_local(["Quokka [1]."]))
+    items = list(assistant.stream_summary([DATA / "quokkadb.rst", missing]))
+    failure, summary = items[0], items[-1]
+    assert failure.source == str(missing) and isinstance(summary, Summary) and summary.failures == [failure]
+    data = summary.to_dict(chunks=False)
+    assert data["failures"] == [{"source": str(missing), "reason": failure.reason}]
+    assert set(data["sources"][0]) == {"number", "source", "title", "part"} and "chunk" in summary.to_dict()["sources"][0]
+
+
+def test_nothing_to_summarize_names_each_failure(settings, tmp_path):
+    with pytest.raises(NothingToSummarize, match="missing.md") as caught:
+        summarize([tmp_path / "missing.md"], settings)
+    assert [failure.source for failure in caught.value.failures] == [str(tmp_path / "missing.md")]
+
+
+def test_answer_to_dict_without_chunks_keeps_how_each_source_is_cited(settings, fake_embeddings):
+    docs = [Document(page_content="QuokkaDB is MPL-2.0 licensed.", metadata={"source": "q.rst", "title": "Q", "score": 0.5})]
+    answer = Assistant(settings, local_llm=fake_local(["MPL-2.0 [1]."])).answer_from("Which license?", docs)
+    assert answer.to_dict(chunks=False)["sources"] == [{"number": 1, "source": "q.rst", "title": "Q", "score": 0.5}]
+    assert answer.to_dict()["sources"][0]["chunk"] == "QuokkaDB is MPL-2.0 licensed."
 
 
 # --- chat -------------------------------------------------------------------------------------------
@@ -394,10 +419,10 @@ def real_store(tmp_path_factory, embeddings):
 @pytest.fixture(scope="module")
 def small_context_llm():
     """The real default model with a 512-token context and a 64-token answer budget."""
-    from rag.llm import load_llm
+    from rag.llm import load_local_llm
     from rag.settings import Settings
 
-    return load_llm(Settings(temperature=0.0, max_tokens=64, n_ctx=512))
+    return load_local_llm(Settings(temperature=0.0, max_tokens=64, n_ctx=512))
 
 
 def check_real_answer(items: list) -> Answer:
@@ -461,9 +486,9 @@ def test_real_generic_family_summary_is_not_cut_at_the_first_blank_line(settings
     import re
 
     from rag.answer import load_documents
-    from rag.llm import load_llm
+    from rag.llm import load_local_llm
 
-    generic = load_llm(settings.with_overrides(prompt="generic", max_tokens=256))
+    generic = load_local_llm(settings.with_overrides(prompt="generic", max_tokens=256))
     assert generic.family == "generic" and "\n\n" not in generic.llm.stop
     docs, _ = load_documents([DATA / "quokkadb.rst"], settings)
     summary = Assistant(settings.with_overrides(prompt="generic"), local_llm=generic).summarize(docs)

@@ -75,40 +75,11 @@ def test_truncated_model_fails_cleanly_in_a_real_process(settings, tmp_path):
     assert "bad.gguf" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.integration
-def test_doctor_passes_with_the_default_models(run):
-    result = run("doctor", "--json")
-    checks = json.loads(result.stdout)
-    assert result.exit_code == 0, checks
-    names = {check["name"] for check in checks}
-    assert {"llm model", "embedding model", "llama.cpp build", "gpt4all"} <= names
-    embed = next(check for check in checks if check["name"] == "embedding model")
-    assert "dimension 384" in embed["detail"]
-    build = next(check for check in checks if check["name"] == "llama.cpp build")
-    assert "GPU offload" in build["detail"]
-
-
-@pytest.mark.integration  # doctor loads the real embedder
-def test_doctor_fails_with_the_fix_when_a_model_is_missing(run, tmp_path):
-    result = run("doctor", "--model", str(tmp_path / "gone.gguf"))
-    assert result.exit_code == EXIT_ERROR
-    assert "FAIL llm model" in result.output and "gone.gguf" in result.output and "fix:" in result.output
-
-
 def one_line_error(stderr: str) -> str:
     """The single ``error: ...`` line a failing command prints on stderr (asserts there is nothing else)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     return lines[0]
-
-
-@pytest.mark.parametrize("backend", [["--backend", "llamafile"], []], ids=["with-backend", "server-alone"])
-@pytest.mark.integration  # doctor loads the real embedder
-def test_doctor_reports_an_unreachable_server(run, backend):
-    result = run("doctor", *backend, "--server", DEAD_SERVER, "--json")
-    assert result.exit_code == EXIT_ERROR
-    server = next(check for check in json.loads(result.stdout) if check["name"] == "llama.cpp server")
-    assert not server["ok"] and "127.0.0.1:9" in server["detail"]
 
 
 @pytest.mark.integration
@@ -227,3 +198,25 @@ def test_an_unknown_config_key_is_one_line_naming_it(run, monkeypatch, tmp_path)
     result = run("sources")
     assert result.exit_code == EXIT_ERROR
     assert "unknown setting(s) in the RAG_CONFIG file" in one_line_error(result.stderr) and "chunk_sise" in result.stderr
+
+
+def test_help_shows_defaults_and_backends_from_the_settings(run):
+    from typing import get_args
+
+    from rag.settings import Backend, Settings
+
+    ask = run("ask", "--help").output
+    defaults = Settings.model_fields
+    assert f"Number of chunks retrieved [default: {defaults['k'].default}]." in " ".join(ask.split())
+    assert f"LLM backend [default: {defaults['backend'].default}]." in " ".join(ask.split())
+    assert "[" + "|".join(get_args(Backend)) + "]" in ask
+    batch = " ".join(run("batch-summarize", "--help").output.split())
+    assert "--server URL llama.cpp / llamafile server to use (repeatable" in batch and "--model TEXT" in batch
+
+
+def test_summarize_lists_each_failure_before_the_error_when_nothing_loads(run, tmp_path):
+    result = run("summarize", str(tmp_path / "gone.md"), "--server", DEAD_SERVER, "--json")
+    assert result.exit_code == EXIT_ERROR
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("failed: ") and "gone.md" in lines[0]
+    assert lines[1] == "error: nothing to summarize: no input could be loaded"

@@ -25,7 +25,7 @@ from rag.embed import embedder_id
 from rag.errors import EmptyQuestion
 from rag.indexing import forget, ingest, list_sources, search
 from rag.llm import LocalLLM
-from rag.load import SUPPORTED_SUFFIXES
+from rag.sources import SUPPORTED_SUFFIXES
 from rag.store import IncompatibleCollection, NotIndexed, StoreBusy, open_collection, store_lock
 from tests.conftest import REPO_ROOT, SAMPLE_DATA
 from tests.local_site import LocalSite, Page, trickle
@@ -398,7 +398,7 @@ import json, resource, sys
 from rag.indexing import ingest
 from rag.settings import Settings
 from tests.test_indexing import CountingEmbeddings
-from rag.loader_process import shutdown
+from rag.sources.process import shutdown
 report = ingest([sys.argv[1]], Settings(data_dir=sys.argv[2]), CountingEmbeddings())
 shutdown()  # so the loader process counts among the children measured
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so it would count pytest's own memory.

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
-from rag.settings import ConfigFileError, Settings
+from rag.errors import RagError
+from rag.settings import ConfigFileError, InvalidSettings, Settings, setting_default, shown_default
 
 
 def test_defaults_are_offline_and_rag_sized(tmp_path):
@@ -61,6 +60,31 @@ def test_with_overrides_ignores_none_and_validates(tmp_path):
     settings = Settings(data_dir=tmp_path)
     changed = settings.with_overrides(collection="x", k=None)
     assert (changed.collection, changed.k, changed.data_dir) == ("x", settings.k, tmp_path)
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidSettings, match="backend='openai'"):
         settings.with_overrides(backend="openai")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: Settings(k=0), lambda: Settings().with_overrides(n_ctx=10), lambda: setattr(Settings(), "temperature", -1)],
+    ids=["keyword", "override", "assignment"],
+)
+def test_a_rejected_value_is_one_line_rag_error_naming_it(make):
+    with pytest.raises(InvalidSettings) as caught:
+        make()
+    message = str(caught.value)
+    assert isinstance(caught.value, RagError) and message.startswith("invalid setting: ") and "\n" not in message
+    assert "RAG_* environment variables" in message
+
+
+def test_a_bad_environment_variable_is_an_invalid_setting(monkeypatch):
+    monkeypatch.setenv("RAG_N_CTX", "lots")
+    with pytest.raises(InvalidSettings, match="n_ctx='lots'"):
+        Settings()
+
+
+def test_defaults_are_read_from_the_fields_and_shown_for_help():
+    assert setting_default("k") == 4 and setting_default("stop") == []
+    assert shown_default("source_timeout") == "60" and shown_default("backend") == "llamacpp"
+    assert shown_default("llm_model") == "SmolLM2-135M" and shown_default("store_dir") == "DATA_DIR/store"
 

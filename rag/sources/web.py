@@ -16,8 +16,9 @@ to internal addresses followed by ``requests``) are closed here:
 
 Example::
 
-    from rag.web import FetchPolicy, fetch
-    page = fetch("https://example.org/", FetchPolicy(max_bytes=5_000_000))
+    from rag.settings import Settings
+    from rag.sources.web import FetchPolicy, fetch
+    page = fetch("https://example.org/", FetchPolicy.from_settings(Settings()))
     page.url, page.content_type, page.charset, len(page.body)
 """
 
@@ -28,9 +29,14 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from rag.errors import RagError
+from rag.settings import Settings
+
+if TYPE_CHECKING:
+    from rag.sources.load import LoadOptions
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +73,30 @@ class BlockedAddress(FetchError):
     """The URL points at an address this fetcher refuses to reach."""
 
 
+_SETTINGS = Settings.model_fields  # the defaults below are the settings' defaults, set in one place
+MAX_REDIRECTS = 5  # a limit of the protocol's use, not a setting: browsers stop at about 20, curl at 50
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
-    """Limits for one fetch."""
+    """Limits for one fetch; the defaults are those of the :class:`~rag.settings.Settings` fields named below."""
 
-    allow_private_network: bool = False
-    max_bytes: int = 20_000_000
-    timeout: float = 15.0  # connect and read, each
-    deadline: float = 60.0  # whole fetch, redirects included
-    max_redirects: int = 5
+    allow_private_network: bool = _SETTINGS["allow_private_network"].default
+    max_bytes: int = _SETTINGS["max_source_bytes"].default
+    timeout: float = _SETTINGS["fetch_timeout"].default  # connect and read, each
+    deadline: float = _SETTINGS["source_timeout"].default  # whole fetch, redirects included
+    max_redirects: int = MAX_REDIRECTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings | LoadOptions) -> FetchPolicy:
+        """The limits ``settings`` ask for: a :class:`~rag.settings.Settings` or the
+        :class:`~rag.sources.load.LoadOptions` made from one (their fields have the same names)."""
+        return cls(
+            allow_private_network=settings.allow_private_network,
+            max_bytes=settings.max_source_bytes,
+            timeout=settings.fetch_timeout,
+            deadline=settings.source_timeout,
+        )
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from rag import loader_process
+from rag.sources import process as loader_process
 from rag.answer import load_documents
 from rag.errors import RagError
-from rag.load import LoadOptions
-from rag.loader_process import IsolatedLoader, LoadRequest, LoaderCrashed, load_isolated
+from rag.sources import LoadOptions
+from rag.sources.process import IsolatedLoader, LoadRequest, LoaderCrashed, load_isolated
 from tests.local_site import LocalSite, trickle
 
 SLOW_URL_OPTIONS = LoadOptions(allow_private_network=True, fetch_timeout=10, source_timeout=30)

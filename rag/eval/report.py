@@ -1,6 +1,6 @@
-"""The results of ``rag eval`` and their renderings: terminal table, Markdown, JSON and a PNG chart.
+"""The results of ``rag eval`` (:class:`EvalReport`) and their renderings: terminal table, Markdown, JSON, PNG chart.
 
-:func:`rag.eval.run_eval` fills an :class:`EvalReport`; this module only presents it.
+:func:`rag.eval.run_eval` fills an :class:`EvalReport`; this module only holds and presents it.
 The chart draws with matplotlib's Agg canvas directly (no pyplot, no global backend
 change), so it works on servers and leaves a notebook's own plotting settings alone.
 
@@ -13,11 +13,15 @@ Example::
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rag.settings import Settings
 
 REPORT_MD_FILE = "eval.md"
 REPORT_JSON_FILE = "eval.json"
@@ -54,7 +58,7 @@ class AnswerResult:
     facts_found: list[str] = field(default_factory=list)
     facts_missing: list[str] = field(default_factory=list)
     fact_recall: float | None = None  # None: an unanswerable question, or one without facts
-    grounding: str | None = None  # "citation", "quote" or None (see rag.eval.grounding)
+    grounding: str | None = None  # "citation", "quote" or None (see rag.eval.metrics.grounding)
     dont_know: bool = False
     ttft_s: float | None = None  # seconds from the call to the first token
     tokens: int = 0  # answer tokens, counted with the model's tokenizer
@@ -66,7 +70,7 @@ class AnswerResult:
 
 @dataclass
 class RunMetrics:
-    """One model x prompt's scores (see :mod:`rag.eval` for the definitions)."""
+    """One model x prompt's scores (see :mod:`rag.eval.metrics` for the definitions)."""
 
     questions: int = 0
     hit_at_k: float | None = None
@@ -188,6 +192,11 @@ class EvalReport:
         (out / REPORT_MD_FILE).write_text(self.to_markdown(chart=CHART_FILE), encoding="utf-8")
         (out / REPORT_JSON_FILE).write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return dict(self.files)
+
+
+def default_out_dir(settings: Settings) -> Path:
+    """Where ``rag eval`` writes its report when no ``--out`` is given: ``DATA_DIR/evals/TIMESTAMP``."""
+    return settings.data_dir / "evals" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 # --- terminal table and Markdown ----------------------------------------------------------------------

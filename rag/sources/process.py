@@ -9,8 +9,8 @@ process; they exit with it.
 
 Example::
 
-    from rag.load import LoadOptions, RawSource
-    from rag.loader_process import LoadRequest, load_isolated
+    from rag.sources.load import LoadOptions
+    from rag.sources.process import LoadRequest, load_isolated
     result = load_isolated(LoadRequest("/notes/a.md", LoadOptions()), timeout=60, memory_mb=2048)
     result.status, result.reason, len(result.chunks)
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import RagError
-from rag.load import LoadOptions, RawSource
+from rag.sources.load import LoadOptions, RawSource
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,8 @@ def check_unchanged(request: LoadRequest) -> LoadOutcome | LoadRequest:
 
     URLs are left to :func:`load_and_split` in the child, where a hard time limit applies.
     """
-    from rag.load import is_url, read_source
+    from rag.sources.expand import is_url
+    from rag.sources.load import read_source
 
     if is_url(request.source):
         return request
@@ -93,7 +94,7 @@ def check_unchanged(request: LoadRequest) -> LoadOutcome | LoadRequest:
 
 def load_and_split(request: LoadRequest) -> LoadOutcome:
     """Read, parse and split one source (in whatever process calls it); never raises for bad input."""
-    from rag.load import parse_source, read_source
+    from rag.sources.load import parse_source, read_source
     from rag.split import split_documents
 
     try:
@@ -220,10 +221,10 @@ def _child_command(memory_mb: int) -> str:
     """Python code that starts the child; it imports this same ``rag`` (a checkout or an install)."""
     import sysconfig
 
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding rag/
     installed = {str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("purelib", "platlib")}
     prefix = "" if root in installed else f"import sys; sys.path.insert(0, {root!r}); "
-    return prefix + f"from rag.loader_process import _child_main; _child_main({int(memory_mb)})"
+    return prefix + f"from rag.sources.process import _child_main; _child_main({int(memory_mb)})"
 
 
 def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
@@ -389,7 +390,7 @@ def _child_main(memory_mb: int) -> None:
 
     warnings.simplefilter("ignore")
     # Import the parsers before capping memory, so the cap measures the work, not the imports.
-    for module in ("bs4", "charset_normalizer", "pypdf", "requests", "langchain_text_splitters", "rag.load", "rag.split", "rag.web"):
+    for module in ("bs4", "charset_normalizer", "pypdf", "requests", "langchain_text_splitters", "rag.sources.load", "rag.split", "rag.sources.web"):
         importlib.import_module(module)
     if memory_mb > 0:
         try:

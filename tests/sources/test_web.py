@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.local_site import LocalSite, Page, delayed, endless, gzip_bomb, redirect, trickle
-from rag.web import BlockedAddress, FetchError, FetchPolicy, check_address, fetch
+from rag.sources.web import BlockedAddress, FetchError, FetchPolicy, check_address, fetch
 
 LOCAL = FetchPolicy(allow_private_network=True, max_bytes=1_000_000, timeout=5, deadline=10)
 
@@ -164,3 +164,13 @@ def test_proxy_settings_from_the_environment_are_ignored(site, monkeypatch):
     monkeypatch.setenv("http_proxy", "http://169.254.169.254:3128")
     site.routes["/page"] = Page(b"ok", content_type="text/plain")
     assert fetch(site.url("/page"), LOCAL).body == b"ok"
+
+
+def test_fetch_limits_default_to_the_settings_defaults_and_follow_them():
+    from rag.settings import Settings
+    from rag.sources import LoadOptions
+
+    assert FetchPolicy() == FetchPolicy.from_settings(LoadOptions()) == FetchPolicy.from_settings(Settings.model_construct())
+    custom = Settings(max_source_bytes=5, fetch_timeout=1.5, source_timeout=2.5, allow_private_network=True)
+    assert FetchPolicy.from_settings(custom) == FetchPolicy(allow_private_network=True, max_bytes=5, timeout=1.5, deadline=2.5)
+    assert FetchPolicy.from_settings(LoadOptions.from_settings(custom)) == FetchPolicy.from_settings(custom)

@@ -1,0 +1,76 @@
+"""The flags the ``rag`` commands share, with help texts whose defaults come from :class:`rag.settings.Settings`.
+
+Example::
+
+    @cli.command()
+    @model_options
+    @store_options
+    @json_option
+    def ask(**options): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, get_args
+
+import click
+
+from rag.settings import Backend, setting_default, shown_default
+
+
+def setting_help(text: str, setting: str, shown: Callable[[Any], Any] | None = None) -> str:
+    """``text`` with the default of the :class:`rag.settings.Settings` field ``setting`` (``shown`` converts it, e.g. to MB)."""
+    default = shown(setting_default(setting)) if shown else shown_default(setting)
+    if isinstance(default, float):
+        default = f"{default:g}"
+    return f"{text} [default: {default}]."
+
+
+def store_options(command: Callable) -> Callable:
+    command = click.option("--collection", help=setting_help("Collection name", "collection"))(command)
+    return click.option("--store", "store_dir", type=click.Path(file_okay=False), help=setting_help("Store directory", "store_dir"))(command)
+
+
+def backend_options(command: Callable | None = None, *, multiple_servers: bool = False) -> Callable:
+    """--backend and --server; ``multiple_servers``: --server is repeatable (a list of URLs in ``servers``)."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option("--backend", type=click.Choice(get_args(Backend)), help=setting_help("LLM backend", "backend"))(command)
+        if multiple_servers:
+            server = click.option(
+                "--server", "servers", multiple=True, metavar="URL", help="llama.cpp / llamafile server to use (repeatable; implies --backend llamafile)."
+            )
+        else:
+            server = click.option("--server", "llamafile_url", metavar="URL", help="llama.cpp / llamafile server URL (implies --backend llamafile).")
+        return server(command)
+
+    return decorate(command) if command else decorate
+
+
+def model_options(command: Callable | None = None, *, multiple_servers: bool = False, prompt_help: str = "Prompt name or family (chatml, llama2, rlm/rag-prompt, ...)") -> Callable:
+    """--model, --backend, --server and --prompt (see :func:`backend_options` for ``multiple_servers``)."""
+
+    def decorate(command: Callable) -> Callable:
+        command = click.option("--prompt", help=setting_help(prompt_help, "prompt"))(command)
+        command = backend_options(command, multiple_servers=multiple_servers)
+        return click.option("--model", "llm_model", help=setting_help("GGUF path or file name in the models folder", "llm_model"))(command)
+
+    return decorate(command) if command else decorate
+
+
+def folder_options(command: Callable) -> Callable:
+    """--include/--exclude/--hidden: which files of a folder are read (ingest and summarize)."""
+    command = click.option("--hidden", "include_hidden", is_flag=True, default=None, help="Also read hidden files and folders.")(command)
+    command = click.option("--exclude", multiple=True, callback=_list_or_none, metavar="GLOB", help="Leave out files and folders matching GLOB (repeatable).")(command)
+    return click.option(
+        "--include", multiple=True, callback=_list_or_none, metavar="GLOB", help="Only files matching GLOB in folders (repeatable): '*.md', 'docs/*.html'."
+    )(command)
+
+
+def _list_or_none(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str] | None:
+    return list(value) or None
+
+
+def json_option(command: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(command)

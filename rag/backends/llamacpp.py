@@ -39,21 +39,19 @@ def _llamacpp_class() -> type[BaseLLM]:
     return StopMergingLlamaCpp
 
 
+# Settings passed to LangChain's ``LlamaCpp`` under the same name.
+PASSED_SETTINGS = ("n_ctx", "n_batch", "n_gpu_layers", "f16_kv", "temperature", "max_tokens", "seed")
+
+
 def build_llamacpp(path: Path, stop: list[str], settings: Settings) -> BaseLLM:
     """LangChain's ``LlamaCpp`` over ``path``, stopping every call at ``stop``."""
     try:
         return _llamacpp_class()(
             model_path=str(path),
-            n_ctx=settings.n_ctx,
-            n_batch=settings.n_batch,
+            **{name: getattr(settings, name) for name in PASSED_SETTINGS},
             n_threads=settings.n_threads or os.cpu_count(),
             # Prompt evaluation too: llama-cpp-python would take every core (batch workers share them).
             model_kwargs={"n_threads_batch": settings.n_threads or os.cpu_count()},
-            n_gpu_layers=settings.n_gpu_layers,
-            f16_kv=settings.f16_kv,
-            temperature=settings.temperature,
-            max_tokens=settings.max_tokens,
-            seed=settings.seed,
             stop=stop,
             # LangChain's defaults (10000, 1.0) override the model's own RoPE settings
             # (SmolLM2: base 100000) and degrade its answers; 0 means "from the GGUF".

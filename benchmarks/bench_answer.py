@@ -93,26 +93,26 @@ PARTS = [
 
 def instrumented(store: str, question: str) -> dict:
     """The steps of ``Assistant.stream`` in this (fresh) process, each timed; the final prompt as sent."""
-    import gguf
     import llama_cpp
     from langchain_core.callbacks import BaseCallbackHandler
 
+    import rag.models
     from rag.answer import Assistant
     from rag.embed import load_embeddings
     from rag.settings import Settings
 
     marks = {"imports": time.perf_counter()}
-    gguf_reads: list[float] = []  # rag reads GGUF headers (chat template, identity) with the gguf package
-    reader_init = gguf.GGUFReader.__init__
+    gguf_reads: list[float] = []  # rag reads GGUF headers (chat template, identity): rag.models walks them
+    walk = rag.models._walk_gguf_header
 
-    def timed_reader_init(self, *args, **kwargs) -> None:
+    def timed_walk(data):
         began = time.perf_counter()
         try:
-            reader_init(self, *args, **kwargs)
+            return walk(data)
         finally:
             gguf_reads.append(time.perf_counter() - began)
 
-    gguf.GGUFReader.__init__ = timed_reader_init
+    rag.models._walk_gguf_header = timed_walk
     settings = Settings(store_dir=store)
     local = Assistant(settings).local_llm
     marks["model load"] = time.perf_counter()
@@ -176,7 +176,7 @@ def instrumented(store: str, question: str) -> dict:
     parts["context fitting"] = timer.llm_start - retrieval_end  # token counting, prompt rendering
     parts["prompt evaluation"] = timer.first_token - timer.llm_start
     lc = local.llm
-    details = {"GGUF header reads (gguf.GGUFReader)": sum(gguf_reads)}
+    details = {"GGUF header walks (rag.models: the embedder's fingerprint, metadata cache misses)": sum(gguf_reads)}
     return {
         "answer": answer.strip(),
         "parts": parts,

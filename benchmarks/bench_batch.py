@@ -9,6 +9,12 @@ adds little to the generation it drives), and the re-run time and LLM calls (0).
 
     .venv/bin/python benchmarks/bench_batch.py [--docs 20] [--long 4] [--n-ctx 1024] [--max-tokens 48]
     .venv/bin/python benchmarks/bench_batch.py --servers   # llamafile backend over 1, then 2 llama-servers
+    .venv/bin/python benchmarks/bench_batch.py --ray       # also the Ray executor at 1 and 2 workers, same run
+
+With ``--ray`` a local Ray instance (loopback, no dashboard) is started once before the
+Ray rows, as a running cluster would be; its start-up time is printed apart. It prints
+Ray/local throughput at equal workers (target >= 0.9) and, from the per-document time,
+an estimate for N nodes (the driver loads documents in one thread: that caps it).
 
 The machine is shared and noisy: the load average is printed with the figures.
 """
@@ -81,6 +87,32 @@ def run(label: str, folder: Path, out: Path, settings: Settings, **options) -> t
     return label, report
 
 
+def start_ray(cores: int) -> float:
+    """Start a local Ray instance on loopback (no dashboard, no usage report); its start-up seconds."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = time.perf_counter()
+    import ray
+
+    ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    return time.perf_counter() - started
+
+
+def ray_figures(results: list[tuple[str, BatchReport]], ray_started: float) -> dict:
+    """Print Ray/local throughput at equal workers and the N-node estimate; return the figures."""
+    local_one, local_two, ray_one, ray_two = (report for _, report in results[:4])
+    ratios = {workers: local.seconds / ray.seconds for workers, local, ray in ((1, local_one, ray_one), (2, local_two, ray_two))}
+    print(f"Ray start-up (once per cluster, not in the rows): {ray_started:.1f} s")
+    print(f"Ray / local throughput at equal workers: {ratios[1]:.2f}x at 1 worker, {ratios[2]:.2f}x at 2 workers (target >= 0.9)")
+    per_doc = ray_two.seconds / max(len(ray_two.records), 1) * 2  # seconds one worker spends per document, in the 2-worker run
+    load = sum(record["timing"].get("load_seconds", 0.0) for record in ray_two.records) / max(len(ray_two.records), 1)
+    cap = 60 / load if load > 0 else float("inf")
+    estimates = {nodes: min(nodes * 2 * 60 / per_doc, cap) for nodes in (1, 2, 4, 8, 16)}
+    print(f"per document: {per_doc:.2f} s of one worker, {load * 1000:.1f} ms of loading in the driver (caps it at {cap:,.0f} docs/min)")
+    print("estimate with 2 such workers per node: " + ", ".join(f"{nodes} nodes {rate:,.0f} docs/min" for nodes, rate in estimates.items()))
+    return {"startup_seconds": round(ray_started, 2), "throughput_ratio": {str(k): round(v, 3) for k, v in ratios.items()},
+            "per_document_seconds": round(per_doc, 3), "estimate_docs_per_minute": {str(k): round(v, 1) for k, v in estimates.items()}}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20, help="documents that fit the context")
@@ -89,6 +121,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, help="threads per worker [default: cores / workers]")
     parser.add_argument("--servers", action="store_true", help="llamafile backend over llama-server instead of in-process llama.cpp")
+    parser.add_argument("--ray", action="store_true", help="also run the Ray executor (local instance) at 1 and 2 workers")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -111,6 +144,16 @@ def main() -> None:
         else:
             results.append(run("1 worker (in-process)", folder, work / "out-1", settings.with_overrides(n_threads=one_worker_threads)))
             results.append(run("2 workers (processes)", folder, work / "out-2", settings.with_overrides(n_threads=two_worker_threads), workers=2))
+        ray_started = 0.0
+        if args.ray:
+            ray_started = start_ray(cores)
+            stack.callback(__import__("ray").shutdown)
+            ray_settings = settings.with_overrides(executor="ray")
+            servers_for = (lambda count: {"servers": [server.url for server in servers[:count]]}) if args.servers else (lambda count: {})
+            ray_one = ray_settings.with_overrides(backend="llamafile") if args.servers else ray_settings.with_overrides(n_threads=one_worker_threads)
+            ray_two = ray_settings.with_overrides(backend="llamafile") if args.servers else ray_settings.with_overrides(n_threads=two_worker_threads)
+            results.append(run("1 worker (Ray)", folder, work / "out-ray-1", ray_one, **servers_for(1)))
+            results.append(run("2 workers (Ray)", folder, work / "out-ray-2", ray_two, workers=2, **servers_for(2)))
         rerun_label, rerun = run("re-run of the finished job", folder, work / "out-1", settings.with_overrides(n_threads=one_worker_threads),
                                  servers=[servers[0].url] if args.servers else ())  # fmt: skip
         command = [sys.executable, "-m", "rag", "batch-summarize", str(folder), "--out", str(work / "out-1"), "--json"]
@@ -139,6 +182,8 @@ def main() -> None:
           f"   (process start and imports included; {cli_report['reused']} reused)")  # fmt: skip
     speedup = results[1][1].seconds and results[0][1].seconds / results[1][1].seconds
     print(f"2 workers / 1 worker throughput: {speedup:.2f}x; generation share of wall time at 1 worker: {first.llm_seconds / first.seconds:.3f} (target >= 0.9)")
+    if args.ray:
+        figures["ray"] = ray_figures(results, ray_started)
     if args.json_out:
         figures["cli_rerun_seconds"] = round(cli_seconds, 3)
         Path(args.json_out).write_text(json.dumps(figures, indent=2), encoding="utf-8")

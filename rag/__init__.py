@@ -32,6 +32,8 @@ _EXPORTS = {
     "forget": "rag.indexing",
     "IndexReport": "rag.indexing",
     "SourceEntry": "rag.store",
+    "retriever": "rag.retrieval",
+    "RagRetriever": "rag.retrieval",
     # answers, summaries, chat
     "ask": "rag.answer",
     "summarize": "rag.answer",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rag.embed import load_embeddings
     from rag.errors import EmptyQuestion, LLMBackendError, RagError
     from rag.eval import EvalReport, run_eval
+    from rag.retrieval import RagRetriever, retriever
     from rag.indexing import IndexReport, forget, ingest, list_sources, search
     from rag.llm import load_llm
     from rag.models import InvalidModelFile, ModelNotFound

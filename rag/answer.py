@@ -235,7 +235,7 @@ class Assistant:
 
     def retriever(self) -> Runnable[str, list[Document]]:
         """The retriever of ``ask`` and ``chat``: the same chunks ``rag search`` and ``rag eval`` get."""
-        return build_retriever(self.store, self.settings.k)
+        return build_retriever(self.store, self.settings.k, self.settings)
 
     def stream(self, question: str) -> Iterator[str | Answer]:
         """Yield answer tokens as they come, then the finished :class:`Answer`.

@@ -56,18 +56,18 @@ def format_history(messages: Sequence[BaseMessage]) -> str:
     return "\n".join(f"{speaker.get(message.type, message.type)}: {message.text.strip()}" for message in messages)
 
 
-def build_retriever(store, k: int = 4) -> Runnable[str, list[Document]]:
-    """A retriever Runnable over a ``langchain_chroma.Chroma`` store (see :func:`rag.store.open_store`).
+def build_retriever(store, k: int = 4, settings=None) -> Runnable[str, list[Document]]:
+    """The retriever of ``rag search``, ``ask``, ``chat`` and ``eval`` over a ``langchain_chroma.Chroma`` store.
 
-    It is :func:`rag.store.similar_chunks`, the retrieval of ``rag search`` and ``rag eval``:
-    the ``k`` nearest chunks, each text once, with the cosine similarity in ``metadata["score"]``.
+    A :class:`rag.retrieval.RagRetriever` (a LangChain ``BaseRetriever``) built by
+    :func:`rag.retrieval.retriever` from ``settings`` (method, neighbours, cut-offs) with ``k`` chunks;
+    without ``settings``, vector search.
     """
-    from rag.store import similar_chunks
+    from rag.retrieval import retriever
+    from rag.settings import Settings
 
-    def retrieve(query: str) -> list[Document]:
-        return similar_chunks(store._collection, store.embeddings, query, k)
-
-    return RunnableLambda(retrieve, name="retriever")
+    settings = settings or Settings(retrieval="vector")  # without settings, no store folder to find the lexical index in
+    return retriever(settings, store.embeddings, k=k, collection=store._collection)
 
 
 # --- question answering ---------------------------------------------------------------------------

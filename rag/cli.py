@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from rag.cli_options import backend_options, folder_options, json_option, model_options, setting_help, store_options
+from rag.cli_options import backend_options, executor_options, folder_options, json_option, model_options, serve_options, setting_help, store_options
 from rag.errors import EmptyQuestion, LLMBackendError, RagError
 from rag.settings import Settings
 
@@ -200,22 +200,24 @@ def ingest(
 @cli.command()
 @click.argument("query")
 @click.option("-k", type=int, help=setting_help("Number of chunks", "k"))
+@click.option("--retrieval", type=click.Choice(["vector", "lexical", "hybrid"]), help=setting_help("How chunks are found", "retrieval"))
 @store_options
 @json_option
 @click.pass_context
 @handle_errors
 def search(ctx: click.Context, query: str, as_json: bool, k: int | None, **options: Any) -> None:
-    """Show the chunks most similar to QUERY, with score, source and title."""
+    """Show the chunks that best match QUERY, with rank, score, method, source, title and section."""
     from rag.indexing import hit_to_dict, search as run_search
 
     settings = settings_from(ctx, k=k, **options)
     hits = run_search(query, settings.k, settings)
     if as_json:
-        emit_json([hit_to_dict(doc, score) for doc, score in hits])
+        emit_json([hit_to_dict(doc) for doc, _ in hits])
         return
     for rank, (doc, score) in enumerate(hits, start=1):
         page = f" p.{doc.metadata['page']}" if "page" in doc.metadata else ""
-        click.echo(f"[{rank}] {score:.3f}  {shown(doc.metadata.get('title', ''))}  ({shown(doc.metadata.get('source', ''))}{page})")
+        section = f"  § {shown(doc.metadata['section'])}" if doc.metadata.get("section") else ""
+        click.echo(f"[{rank}] {score:.3f} {doc.metadata.get('method', '')}  {shown(doc.metadata.get('title', ''))}{section}  ({shown(doc.metadata.get('source', ''))}{page})")
         click.echo("    " + " ".join(doc.page_content.split())[:240])
 
 
@@ -375,7 +377,7 @@ def chat(ctx: click.Context, k: int | None, **options: Any) -> None:
 @cli.command("batch-summarize")
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder; a re-run there redoes only what changed.")
-@click.option("--workers", type=click.IntRange(min=1), help="Documents summarized at once [default: one per --server, else 1].")
+@executor_options
 @model_options(multiple_servers=True, prompt_help="Prompt family for the summaries (chatml, llama2, ...)")
 @click.option("--max-words", type=click.IntRange(min=1), help="Ask for summaries of at most N words.")
 @click.option("--from-store", is_flag=True, help="Summarize the sources indexed in the store (INPUTS, if any, narrow them).")
@@ -422,6 +424,21 @@ def batch_summarize(
             click.echo("interrupted: run the same command again to finish the rest", err=True)
     if code:
         sys.exit(code)
+
+
+@cli.command()
+@serve_options
+@model_options
+@store_options
+@click.pass_context
+@handle_errors
+def serve(ctx: click.Context, k: int | None, **options: Any) -> None:
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models, /v1/embeddings, /v1/search) and a chat page at /."""
+    from rag.serve import run_server
+
+    settings = settings_from(ctx, k=k, **options)
+    click.echo(f"rag serve: chat page and /v1 API on http://{settings.host}:{settings.port}/; Ctrl-C stops", err=True)
+    run_server(settings)
 
 
 def comma_list(value: str | None) -> list[str] | None:

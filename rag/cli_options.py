@@ -16,7 +16,7 @@ from typing import Any, get_args
 
 import click
 
-from rag.settings import Backend, setting_default, shown_default
+from rag.settings import Backend, Executor, setting_default, shown_default
 
 
 def setting_help(text: str, setting: str, shown: Callable[[Any], Any] | None = None) -> str:
@@ -28,8 +28,22 @@ def setting_help(text: str, setting: str, shown: Callable[[Any], Any] | None = N
 
 
 def store_options(command: Callable) -> Callable:
+    command = click.option(
+        "--chroma-url", metavar="URL", help="Chroma server (http://127.0.0.1:8000) instead of --store; token from RAG_CHROMA_TOKEN. Loopback or a private network only."
+    )(command)
     command = click.option("--collection", help=setting_help("Collection name", "collection"))(command)
     return click.option("--store", "store_dir", type=click.Path(file_okay=False), help=setting_help("Store directory", "store_dir"))(command)
+
+
+def executor_options(command: Callable) -> Callable:
+    """--workers, --executor and --ray-address: how many batch workers, and where they run."""
+    command = click.option(
+        "--ray-address", metavar="ADDRESS", help="Ray cluster to join ('auto' or HOST:PORT) [default: start a local one on loopback]."
+    )(command)
+    command = click.option(
+        "--executor", type=click.Choice(get_args(Executor)), help=setting_help("Run the workers here (local) or on a Ray cluster (ray; pip install 'rag[ray]')", "executor")
+    )(command)
+    return click.option("--workers", type=click.IntRange(min=1), help="Documents summarized at once [default: one per --server, else 1].")(command)
 
 
 def backend_options(command: Callable | None = None, *, multiple_servers: bool = False) -> Callable:
@@ -74,3 +88,15 @@ def _list_or_none(ctx: click.Context, param: click.Parameter, value: tuple[str, 
 
 def json_option(command: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(command)
+
+
+def serve_options(command: Callable) -> Callable:
+    """--host, --port, --api-key, --queue-size, --cors-origin and -k of ``rag serve``."""
+    command = click.option("-k", type=int, help=setting_help("Number of chunks retrieved per question", "k"))(command)
+    command = click.option(
+        "--cors-origin", "cors_origins", multiple=True, callback=_list_or_none, metavar="ORIGIN", help="Let pages from ORIGIN call the API (repeatable) [default: none]."
+    )(command)
+    command = click.option("--queue-size", type=click.IntRange(min=0), help=setting_help("Requests that may wait for the model before 429", "queue_size"))(command)
+    command = click.option("--api-key", help="Bearer token every API request must carry (or RAG_API_KEY) [default: none].")(command)
+    command = click.option("--port", type=click.IntRange(0, 65535), help=setting_help("Port to listen on", "port"))(command)
+    return click.option("--host", help=setting_help("Address to listen on; beyond loopback an API key is required", "host"))(command)

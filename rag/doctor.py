@@ -41,9 +41,9 @@ def check_default_llm(settings: Settings) -> Check:
     from rag.models import model_prompt_family, read_gguf_metadata, resolve_llm_path
 
     path = resolve_llm_path(settings.llm_model, settings)
-    meta = read_gguf_metadata(path)
+    meta = read_gguf_metadata(path, settings.cache_dir)
     load_vocab(path)  # loadable by llama.cpp
-    family = model_prompt_family(path, settings.prompt)
+    family = model_prompt_family(path, settings.prompt, settings.cache_dir)
     return Check("llm model", True, f"{path} ({path.stat().st_size / 1e6:.0f} MB, {meta.architecture}, prompt family {family})")
 
 

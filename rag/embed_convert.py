@@ -25,13 +25,13 @@ import logging
 import os
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import Any
-
-import gguf
-from safetensors.numpy import load_file
+from typing import TYPE_CHECKING, Any
 
 from rag.atomic import WriteError, remove_stale_temporaries, temporary_path, write_atomic
 from rag.errors import RagError
+
+if TYPE_CHECKING:
+    import gguf
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ def convert_minilm(source_dir: Path, out_path: Path) -> Path:
         ``out_path``.
     """
     from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    import gguf  # imported here, not at the top: `rag models` and `rag ask` load this module but never convert
 
     try:
         config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
@@ -188,6 +191,8 @@ def _read_stamp(stamp_path: Path) -> Any:
 
 
 def _add_hparams(writer: gguf.GGUFWriter, config: dict[str, Any]) -> None:
+    import gguf
+
     writer.add_name(MODEL_NAME)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_block_count(config["num_hidden_layers"])
@@ -202,6 +207,8 @@ def _add_hparams(writer: gguf.GGUFWriter, config: dict[str, Any]) -> None:
 
 def _add_vocab(writer: gguf.GGUFWriter, tokenizer: dict[str, Any]) -> None:
     """Add the WordPiece vocab in llama.cpp's form: ``##x`` -> ``x``, words get a ``▁`` prefix."""
+    import gguf
+
     vocab: dict[str, int] = tokenizer["model"]["vocab"]
     special = {t["content"] for t in tokenizer["added_tokens"] if t["special"]}
     tokens = sorted(vocab, key=vocab.__getitem__)

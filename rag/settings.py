@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rag.errors import RagError
 
 Backend = Literal["llamacpp", "gpt4all", "llamafile"]
+Retrieval = Literal["vector", "lexical", "hybrid"]
+Executor = Literal["local", "ray"]
 
 
 def _default_data_dir() -> Path:
@@ -54,6 +56,12 @@ class Settings(BaseSettings):
         None, description="Folder searched for GGUF files by name; default DATA_DIR/models.", json_schema_extra={"default_text": "DATA_DIR/models"}
     )
     collection: str = Field("default", description="Chroma collection name.")
+    chroma_url: str | None = Field(
+        None, description="Chroma server URL (http://127.0.0.1:8000) used instead of the store folder; keep it on loopback or a private network."
+    )
+    chroma_token: SecretStr | None = Field(None, description="Token sent to the Chroma server as 'Authorization: Bearer TOKEN' (for a proxy that checks it).")
+    executor: Executor = Field("local", description="Where batch jobs run: local (threads and processes here) or ray (a Ray cluster).")
+    ray_address: str | None = Field(None, description="Ray cluster to join ('auto' or HOST:PORT); default: start a local one on loopback.")
 
     # LLM
     backend: Backend = Field("llamacpp", description="LLM backend: llamacpp, gpt4all or llamafile.")
@@ -80,6 +88,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(500, ge=1, description="Characters per chunk.")
     chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
+    retrieval: Retrieval = Field("hybrid", description="How chunks are found: vector, lexical (BM25) or hybrid (both, fused by rank).")
+    neighbours: int = Field(0, ge=0, description="Chunks before and after each hit (same section) added to its text.")
+    min_score: float = Field(0.0, description="Drop hits whose cosine similarity is below this (0: keep all).")
+    min_score_ratio: float = Field(0.0, ge=0, le=1, description="Drop hits scoring below this fraction of the best hit (0: keep all).")
     prompt: str | None = Field(
         None,
         description="Prompt name or family (chatml, rlm/rag-prompt, hub:OWNER/NAME); default: detected from the model.",
@@ -98,6 +110,14 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(15.0, gt=0, description="Seconds to wait for a web server to connect or send data.")
     loader_memory_mb: int = Field(2048, ge=0, description="Address-space cap of the loader process in MB (0: none).")
     isolate_loaders: bool = Field(True, description="Load sources in a child process, so limits can be enforced.")
+
+    # Serving (rag serve): the HTTP API and chat page
+    host: str = Field("127.0.0.1", description="Address `rag serve` binds; anything but loopback needs an API key.")
+    port: int = Field(8000, ge=0, le=65535, description="Port `rag serve` listens on.")
+    api_key: SecretStr | None = Field(None, description="Bearer token every /v1 request must carry (RAG_API_KEY); none: no check.")
+    queue_size: int = Field(4, ge=0, description="Requests that may wait for the model; beyond them the API answers 429.")
+    max_request_bytes: int = Field(1_000_000, ge=1024, description="Largest request body the API reads, in bytes (413 beyond).")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed to call the API from a browser (none: no CORS).")
 
     @classmethod
     def settings_customise_sources(

@@ -5,6 +5,8 @@ name), ``rag-sources.sqlite3`` (which sources each collection holds, their
 content hashes and chunk counts) and ``rag-write.lock`` (one writer at a time).
 Each collection's metadata records the embedder and the splitter settings it
 was built with; :func:`check_profile` refuses to mix others in.
+With ``settings.chroma_url`` the store is a Chroma server instead (``HttpClient``),
+and the record and the lock live on that server (:mod:`rag.chroma_server`).
 :func:`similar_chunks` is the one retrieval every command uses.
 
 Example::
@@ -68,12 +70,21 @@ class NotIndexed(RagError, LookupError):
 
 
 def open_client(settings: Settings):
-    """A Chroma ``PersistentClient`` for the store directory, telemetry off."""
+    """A Chroma ``PersistentClient`` for the store directory, or an ``HttpClient`` for ``chroma_url``; telemetry off."""
+    if settings.chroma_url:
+        from rag.chroma_server import http_client
+
+        return http_client(settings)
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
     ensure_directory(settings.store_path, "store folder", STORE_FOLDER_FIX)
     return chromadb.PersistentClient(path=str(settings.store_path), settings=ChromaSettings(anonymized_telemetry=False))
+
+
+def store_location(settings: Settings) -> str:
+    """Where the store is, as messages and reports name it: the server URL or the folder."""
+    return settings.chroma_url or str(settings.store_path)
 
 
 def check_collection_name(name: str) -> None:
@@ -86,6 +97,11 @@ def check_collection_name(name: str) -> None:
 def open_collection(settings: Settings, client=None, *, create: bool = True):
     """The raw Chroma collection (cosine distance); ``None`` if missing and ``create`` is off."""
     check_collection_name(settings.collection)
+    if settings.chroma_url:
+        from rag.chroma_server import RESERVED_COLLECTIONS
+
+        if settings.collection in RESERVED_COLLECTIONS:
+            raise RagError(f"collection name {settings.collection!r} is rag's bookkeeping on a Chroma server: choose another --collection")
     client = client or open_client(settings)
     if create:
         return client.get_or_create_collection(settings.collection, metadata={"hnsw:space": "cosine"})
@@ -120,7 +136,7 @@ def require_nonempty(store, settings: Settings) -> None:
     collection = getattr(store, "_collection", store)
     if collection is None or collection.count() == 0:
         raise EmptyStore(
-            f"nothing is indexed yet in collection {settings.collection!r} at {settings.store_path}: "
+            f"nothing is indexed yet in collection {settings.collection!r} at {store_location(settings)}: "
             "run `rag ingest PATH ...` first"
         )
 
@@ -287,9 +303,29 @@ class SourceEntry:
     pipeline: str | None = None  # loader settings that produced the chunks
     ingested_at: str | None = None  # when its chunks last changed
     checked_at: str | None = None  # when it was last seen unchanged or indexed
+    etag: str | None = None  # a URL's ETag and Last-Modified as last fetched: the next fetch is conditional
+    last_modified: str | None = None
+
+    @property
+    def validators(self) -> tuple[str | None, str | None] | None:
+        """(ETag, Last-Modified) for a conditional re-fetch, if the server sent either."""
+        return (self.etag, self.last_modified) if self.etag or self.last_modified else None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def indexed_entry(
+    previous: SourceEntry | None, source: str, chunks: int, title: str | None, kind: str | None, content_hash: str,
+    pipeline: str, changed: bool, validators: tuple[str | None, str | None] | None,
+) -> SourceEntry:  # fmt: skip
+    """The record entry of a source just indexed: ``ingested_at`` moves only when its chunks ``changed``."""
+    now = _now()
+    kept = previous is not None and previous.ingested_at is not None and not changed
+    etag, last_modified = validators or (None, None)
+    return SourceEntry(
+        source, "indexed", chunks, title, kind, content_hash, pipeline, previous.ingested_at if kept else now, now, etag, last_modified
+    )
 
 
 class SourceRecord:
@@ -300,7 +336,7 @@ class SourceRecord:
     next run re-does it.
     """
 
-    _COLUMNS = ("source", "state", "chunks", "title", "kind", "content_hash", "pipeline", "ingested_at", "checked_at")
+    _COLUMNS = ("source", "state", "chunks", "title", "kind", "content_hash", "pipeline", "ingested_at", "checked_at", "etag", "last_modified")
 
     def __init__(self, settings: Settings) -> None:
         ensure_directory(settings.store_path, "store folder", STORE_FOLDER_FIX)
@@ -313,8 +349,13 @@ class SourceRecord:
             "CREATE TABLE IF NOT EXISTS sources ("
             " collection TEXT NOT NULL, source TEXT NOT NULL, state TEXT NOT NULL, chunks INTEGER NOT NULL DEFAULT 0,"
             " title TEXT, kind TEXT, content_hash TEXT, pipeline TEXT, ingested_at TEXT, checked_at TEXT,"
-            " PRIMARY KEY (collection, source))"
+            " etag TEXT, last_modified TEXT, PRIMARY KEY (collection, source))"
         )
+        # Record files written before a column existed get it (empty: the next fetch of a URL is a plain one).
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(sources)")}
+        for column in ("etag", "last_modified"):
+            if column not in present:
+                self.db.execute(f"ALTER TABLE sources ADD COLUMN {column} TEXT")
 
     def close(self) -> None:
         self.db.close()
@@ -336,13 +377,7 @@ class SourceRecord:
         rows = self.db.execute(
             f"SELECT {', '.join(self._COLUMNS)} FROM sources WHERE collection = ? ORDER BY source", (self.collection,)
         ).fetchall()
-        found = [SourceEntry(*row) for row in rows]
-        if under is None:
-            return found
-        prefix = under.rstrip("/" + os.sep)
-        return [
-            entry for entry in found if entry.source == under or entry.source.startswith(prefix + os.sep) or entry.source.startswith(prefix + "/")
-        ]
+        return entries_under([SourceEntry(*row) for row in rows], under)
 
     def mark_pending(self, source: str) -> None:
         self.db.execute(
@@ -351,24 +386,54 @@ class SourceRecord:
             (self.collection, source),
         )
 
-    def mark_indexed(self, source: str, *, chunks: int, title: str | None, kind: str | None, content_hash: str, pipeline: str, changed: bool) -> None:
-        now = _now()
-        previous = self.get(source)
-        ingested_at = now if changed or previous is None or previous.ingested_at is None else previous.ingested_at
+    def mark_indexed(
+        self, source: str, *, chunks: int, title: str | None, kind: str | None, content_hash: str, pipeline: str, changed: bool,
+        validators: tuple[str | None, str | None] | None = None,
+    ) -> None:  # fmt: skip
+        entry = indexed_entry(self.get(source), source, chunks, title, kind, content_hash, pipeline, changed, validators)
         self.db.execute(
-            "INSERT OR REPLACE INTO sources (collection, source, state, chunks, title, kind, content_hash, pipeline, ingested_at, checked_at)"
-            " VALUES (?, ?, 'indexed', ?, ?, ?, ?, ?, ?, ?)",
-            (self.collection, source, chunks, title, kind, content_hash, pipeline, ingested_at, now),
+            f"INSERT OR REPLACE INTO sources (collection, {', '.join(self._COLUMNS)}) VALUES (?{', ?' * len(self._COLUMNS)})",
+            (self.collection, *(getattr(entry, column) for column in self._COLUMNS)),
         )
 
-    def mark_checked(self, source: str) -> None:
+    def mark_checked(self, source: str, validators: tuple[str | None, str | None] | None = None) -> None:
+        """Seen unchanged now; ``validators`` (ETag, Last-Modified), when given, replace the recorded ones."""
         self.db.execute("UPDATE sources SET checked_at = ? WHERE collection = ? AND source = ?", (_now(), self.collection, source))
+        if validators:
+            self.db.execute(
+                "UPDATE sources SET etag = ?, last_modified = ? WHERE collection = ? AND source = ?", (*validators, self.collection, source)
+            )
 
     def delete(self, source: str) -> None:
         self.db.execute("DELETE FROM sources WHERE collection = ? AND source = ?", (self.collection, source))
 
     def drop_collection(self) -> None:
         self.db.execute("DELETE FROM sources WHERE collection = ?", (self.collection,))
+
+
+def entries_under(entries: list[SourceEntry], under: str | None) -> list[SourceEntry]:
+    """``entries`` whose source is ``under`` (itself or below it, as a path or URL prefix); all if ``None``."""
+    if under is None:
+        return entries
+    prefix = under.rstrip("/" + os.sep)
+    return [entry for entry in entries if entry.source == under or entry.source.startswith(prefix + os.sep) or entry.source.startswith(prefix + "/")]
+
+
+def open_record(settings: Settings, client=None):
+    """The source record: :class:`SourceRecord` beside an embedded store, or kept on the Chroma server."""
+    if not settings.chroma_url:
+        return SourceRecord(settings)
+    from rag.chroma_server import ServerSourceRecord
+
+    return ServerSourceRecord(client or open_client(settings), settings)
+
+
+def recorded_sources(settings: Settings) -> list[SourceEntry]:
+    """Every entry of the collection's source record (none if the store was never written)."""
+    if not settings.chroma_url and not (settings.store_path / RECORD_FILE).exists():
+        return []
+    with open_record(settings) as record:
+        return record.entries()
 
 
 def _now() -> str:
@@ -382,8 +447,15 @@ def _now() -> str:
 def store_lock(settings: Settings, purpose: str) -> Iterator[None]:
     """Hold the store's write lock; raise :class:`StoreBusy` naming the holder if it is taken.
 
-    The lock is the operating system's (``flock``), so a killed holder releases it.
+    The lock is the operating system's (``flock``), so a killed holder releases it. On a
+    Chroma server it is a per-collection lease on the server (:func:`rag.chroma_server.server_lock`).
     """
+    if settings.chroma_url:
+        from rag.chroma_server import server_lock
+
+        with server_lock(open_client(settings), settings, purpose):
+            yield
+        return
     ensure_directory(settings.store_path, "store folder", STORE_FOLDER_FIX)
     path = settings.store_path / LOCK_FILE
     try:

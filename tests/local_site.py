@@ -88,6 +88,49 @@ def gzip_bomb(size: int) -> Page:
     return Page(gzip.compress(b"a" * size), content_type="text/plain", headers={"Content-Encoding": "gzip"})
 
 
+class ConditionalPage:
+    """A page with an ETag and a Last-Modified date that answers a matching conditional GET with 304.
+
+    With ``honour=False`` it ignores ``If-None-Match`` / ``If-Modified-Since`` like many servers
+    do. ``full`` and ``not_modified`` count the full downloads and the 304 answers.
+    """
+
+    def __init__(self, body: bytes, etag: str | None = '"v1"', last_modified: str | None = "Tue, 01 Dec 2026 10:00:00 GMT", honour: bool = True):
+        self.body, self.etag, self.last_modified, self.honour = body, etag, last_modified, honour
+        self.full = self.not_modified = 0
+
+    def change(self, body: bytes, etag: str | None = '"v2"', last_modified: str | None = "Wed, 02 Dec 2026 10:00:00 GMT") -> None:
+        self.body, self.etag, self.last_modified = body, etag, last_modified
+
+    def _unchanged(self, handler: BaseHTTPRequestHandler) -> bool:
+        if not self.honour:
+            return False
+        if_none_match = handler.headers.get("If-None-Match")
+        if if_none_match is not None:  # RFC 9110: If-Modified-Since is ignored when If-None-Match is sent
+            return self.etag is not None and self.etag in [tag.strip() for tag in if_none_match.split(",")]
+        return self.last_modified is not None and handler.headers.get("If-Modified-Since") == self.last_modified
+
+    def __call__(self, handler: BaseHTTPRequestHandler) -> None:
+        validators = {"ETag": self.etag, "Last-Modified": self.last_modified}
+        unchanged = self._unchanged(handler)
+        handler.send_response(304 if unchanged else 200)
+        for name, value in validators.items():
+            if value is not None:
+                handler.send_header(name, value)
+        if unchanged:
+            self.not_modified += 1
+            handler.end_headers()
+            return
+        self.full += 1
+        handler.send_header("Content-Type", "text/html; charset=utf-8")
+        handler.send_header("Content-Length", str(len(self.body)))
+        handler.end_headers()
+        try:
+            handler.wfile.write(self.body)
+        except OSError:
+            pass
+
+
 class LocalSite:
     def __init__(self, routes: dict[str, Page | Callable] | None = None) -> None:
         self.routes: dict[str, Page | Callable] = dict(routes or {})

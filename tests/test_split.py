@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.documents import Document
 
-from rag.split import BadSplitterSettings, content_hash, split_documents
+from rag.split import BadSplitterSettings, content_hash, embedding_text, split_documents
 
 MARKDOWN = "# Guide\n\nIntro paragraph. " + "Filler sentence here. " * 12 + "\n\n## Install\n\nRun the installer. " + "More words. " * 10 + "\n\n## Use\n\n" + "Open the app. " * 15
 
@@ -22,7 +22,7 @@ def test_start_index_and_hash_locate_each_chunk():
     for chunk in split_documents([doc], chunk_size=200):
         start = chunk.metadata["start_index"]
         assert MARKDOWN[start : start + len(chunk.page_content)] == chunk.page_content
-        assert chunk.metadata["chunk_hash"] == content_hash(chunk.page_content)
+        assert chunk.metadata["chunk_hash"] == content_hash(embedding_text(chunk.page_content, chunk.metadata))
         assert chunk.metadata["title"] == "Guide" and chunk.metadata["source"] == "s"
 
 
@@ -54,3 +54,61 @@ def test_overlap_must_be_smaller_than_the_chunk():
 
 def test_blank_documents_give_no_chunks():
     assert split_documents([Document(page_content="  \n\n \t ", metadata={"kind": "text"})]) == []
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+SPHINX_LIKE = (
+    "# 12. Virtual Environments and Packages\u00b6\n\n"
+    "## 12.1. Introduction\u00b6\n\n" + "Python applications often need packages. " * 12 + "\n\n"
+    "## 12.2. Creating Virtual Environments\u00b6\n\n"
+    "The module used to create and manage virtual environments is called venv. " * 3 + "\n\n"
+    "To create one, run python -m venv tutorial-env in a terminal.\n\n"
+    "### 12.2.1. Activating\u00b6\n\n" + "On Windows run the activate script. " * 14 + "\n"
+)
+
+
+def sphinx_chunks(chunk_size=300):
+    doc = Document(page_content=SPHINX_LIKE, metadata={"source": "s", "kind": "html", "title": "Tutorial"})
+    return split_documents([doc], chunk_size=chunk_size)
+
+
+def test_chunks_carry_their_heading_path_and_no_header_link_marks():
+    chunks = sphinx_chunks()
+    sections = [chunk.metadata["section"] for chunk in chunks]
+    assert "12. Virtual Environments and Packages > 12.2. Creating Virtual Environments" in sections
+    assert "12. Virtual Environments and Packages > 12.2. Creating Virtual Environments > 12.2.1. Activating" in sections
+    assert not any("\u00b6" in chunk.page_content or "\u00b6" in chunk.metadata["section"] for chunk in chunks)
+
+
+def test_no_heading_only_or_tiny_chunks():
+    chunks = sphinx_chunks()
+    assert all(len(chunk.page_content) >= 300 // 4 for chunk in chunks)
+    assert not any(chunk.page_content.strip().startswith("#") and "\n" not in chunk.page_content.strip() for chunk in chunks)
+    venv = next(chunk for chunk in chunks if "-m venv" in chunk.page_content)  # the short last paragraph joined its section
+    assert venv.metadata["section"].endswith("12.2. Creating Virtual Environments")
+
+
+def test_embedded_text_has_title_and_section_in_front_the_chunk_does_not():
+    chunk = next(chunk for chunk in sphinx_chunks() if "-m venv" in chunk.page_content)
+    embedded = embedding_text(chunk.page_content, chunk.metadata)
+    assert embedded.startswith("Tutorial > 12. Virtual Environments and Packages > 12.2. Creating Virtual Environments\n\n")
+    assert embedded.endswith(chunk.page_content) and not chunk.page_content.startswith("Tutorial")
+    assert embedding_text("plain", {"title": "T"}) == "plain"  # chunks of the splitter before sections: as they were
+
+
+def test_restructuredtext_sections():
+    text = "Guide\n=====\n\nIntro. " + "Words here. " * 30 + "\n\nInstall\n-------\n\n" + "Run the installer now. " * 20 + "\n"
+    chunks = split_documents([Document(page_content=text, metadata={"kind": "rst", "title": "Guide"})], chunk_size=300)
+    assert [chunk.metadata["section"] for chunk in chunks][-1] == "Guide > Install"
+
+
+def test_shell_comments_in_an_unfenced_example_are_not_headings():
+    text = "## Examples\n\nLike this:\n\n# ... hack hack hack ...\n$ git stash\n\nAnd more text. " + "More. " * 10 + "\n"
+    chunks = split_documents([Document(page_content=text, metadata={"kind": "html"})], chunk_size=500)
+    assert [chunk.metadata["section"] for chunk in chunks] == ["Examples"]
+
+
+def test_fewer_chunks_than_the_splitter_before_sections():
+    doc = Document(page_content=SPHINX_LIKE * 3, metadata={"kind": "html", "title": "Tutorial"})
+    assert len(split_documents([doc], chunk_size=300)) < len(split_documents([doc], chunk_size=300, sections=False))

@@ -164,3 +164,49 @@ def test_lock_of_a_killed_holder_is_released(settings):
         except StoreBusy:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+
+
+def test_a_record_file_from_before_validators_gets_their_columns(settings):
+    """Record files written before ETag/Last-Modified were kept open as before, their entries intact."""
+    import sqlite3
+
+    from rag.store import RECORD_FILE
+
+    settings.store_path.mkdir(parents=True)
+    old = sqlite3.connect(settings.store_path / RECORD_FILE)
+    old.execute(
+        "CREATE TABLE sources (collection TEXT NOT NULL, source TEXT NOT NULL, state TEXT NOT NULL, chunks INTEGER NOT NULL DEFAULT 0,"
+        " title TEXT, kind TEXT, content_hash TEXT, pipeline TEXT, ingested_at TEXT, checked_at TEXT, PRIMARY KEY (collection, source))"
+    )
+    old.execute("INSERT INTO sources VALUES ('default', 'http://example.org/a', 'indexed', 3, 'A', 'html', 'abc', 'p', 't', 't')")
+    old.commit()
+    old.close()
+    with SourceRecord(settings) as record:
+        entry = record.get("http://example.org/a")
+        assert (entry.chunks, entry.content_hash, entry.validators) == (3, "abc", None)
+        record.mark_checked("http://example.org/a", ('"e1"', "Tue, 01 Dec 2026 10:00:00 GMT"))
+        assert record.get("http://example.org/a").validators == ('"e1"', "Tue, 01 Dec 2026 10:00:00 GMT")
+        record.mark_indexed("http://example.org/a", chunks=4, title="A", kind="html", content_hash="def", pipeline="p", changed=True)
+        assert record.get("http://example.org/a").validators is None  # a server that stopped sending them
+
+
+# --- a Chroma server instead of the folder (the server itself: tests/test_chroma_server.py) ---------
+
+
+def test_the_folder_store_keeps_its_record_and_location(settings):
+    from rag.store import open_record, recorded_sources, store_location
+
+    assert store_location(settings) == str(settings.store_path) and recorded_sources(settings) == []
+    with open_record(settings) as record:
+        assert isinstance(record, SourceRecord)
+    remote = settings.with_overrides(chroma_url="http://127.0.0.1:8000")
+    assert store_location(remote) == "http://127.0.0.1:8000"
+
+
+@pytest.mark.parametrize("name", ["rag-sources", "rag-locks"])
+def test_the_bookkeeping_collections_of_a_server_are_not_for_chunks(settings, name):
+    from rag.errors import RagError
+
+    with pytest.raises(RagError, match="rag's bookkeeping on a Chroma server: choose another --collection"):
+        open_collection(settings.with_overrides(chroma_url="http://127.0.0.1:8000", collection=name))
+    open_collection(settings.with_overrides(collection=name))  # in a folder it is an ordinary name

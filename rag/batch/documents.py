@@ -33,10 +33,10 @@ def find_sources(inputs: Sequence[str], settings: Settings, from_store: bool) ->
 def _store_entries(settings: Settings, under: Sequence[str]) -> list:
     """The store's indexed sources, those under ``under`` if given; raises :class:`rag.store.EmptyStore`."""
     from rag.sources import source_key
-    from rag.store import EmptyStore, SourceRecord, open_collection, require_nonempty
+    from rag.store import EmptyStore, open_collection, open_record, require_nonempty
 
     require_nonempty(open_collection(settings, create=False) if settings.store_path.is_dir() else None, settings)
-    with SourceRecord(settings) as record:
+    with open_record(settings) as record:
         if not under:
             entries = record.entries()
         else:

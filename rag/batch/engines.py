@@ -197,18 +197,42 @@ def _portable(error: Exception) -> Exception:
         return BatchError(f"{type(error).__name__}: {error}")
 
 
-class WorkerEngines:
-    """The workers' LLMs, each created on first use (a finished job re-run loads no model)."""
+def check_identity(wanted: LLMIdentity, found: LLMIdentity, where: str) -> None:
+    """Raise :class:`BatchError` unless a worker's model (``found``) is the job's (``wanted``) with at least its context."""
+    if (found.model, found.family) != (wanted.model, wanted.family):
+        raise BatchError(
+            f"{where} serves {found.model} ({found.family} prompts), but this job runs {wanted.model} ({wanted.family}): "
+            "point every --server at the same model"
+        )
+    if found.n_ctx < wanted.n_ctx:
+        raise BatchError(f"{where} has a {found.n_ctx}-token context, less than the {wanted.n_ctx} this job plans with")
 
-    def __init__(self, settings: Settings, workers: int, servers: Sequence[str], factory: LLMFactory, identity: LLMIdentity, ready: LocalLLM | None):
+
+class EngineSet:
+    """The engines of a job's workers by index, created on first use; Ctrl-C aborts them all."""
+
+    def __init__(self, settings: Settings, workers: int, servers: Sequence[str], factory: LLMFactory, identity: LLMIdentity):
         self.settings = settings
         self.workers = workers
-        self.servers = list(servers)  # none: the model runs in this process
+        self.servers = list(servers)  # none: the model runs in this process (or the executor's workers)
         self.factory = factory
         self.identity = identity
-        self.ready = ready  # a model already loaded for the identity, used by worker 0
         self._engines: dict[int, Any] = {}
         self._lock = threading.Lock()
+
+    def abort(self) -> None:
+        with self._lock:
+            engines = list(self._engines.values())
+        for engine in engines:
+            engine.abort()
+
+
+class WorkerEngines(EngineSet):
+    """The local executor (:mod:`rag.batch.executors`): the workers' LLMs, each created on first use (a finished job re-run loads no model)."""
+
+    def __init__(self, settings: Settings, workers: int, servers: Sequence[str], factory: LLMFactory, identity: LLMIdentity, ready: LocalLLM | None):
+        super().__init__(settings, workers, servers, factory, identity)
+        self.ready = ready  # a model already loaded for the identity, used by worker 0
 
     def get(self, index: int, stop: threading.Event) -> Any:
         with self._lock:
@@ -243,20 +267,7 @@ class WorkerEngines:
         return engine
 
     def _check(self, found: LLMIdentity, where: str) -> None:
-        wanted = self.identity
-        if (found.model, found.family) != (wanted.model, wanted.family):
-            raise BatchError(
-                f"{where} serves {found.model} ({found.family} prompts), but this job runs {wanted.model} ({wanted.family}): "
-                "point every --server at the same model"
-            )
-        if found.n_ctx < wanted.n_ctx:
-            raise BatchError(f"{where} has a {found.n_ctx}-token context, less than the {wanted.n_ctx} this job plans with")
-
-    def abort(self) -> None:
-        with self._lock:
-            engines = list(self._engines.values())
-        for engine in engines:
-            engine.abort()
+        check_identity(self.identity, found, where)
 
     def close(self) -> None:
         with self._lock:

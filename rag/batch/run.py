@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.batch.documents import DocumentLoader, find_sources
-from rag.batch.engines import WorkerEngines
+from rag.batch.executors import import_ray, open_executor
 from rag.batch.jobs import BatchError, JobSpec, LLMFactory, digest, identify_model
 from rag.batch.outputs import BatchFailure, BatchOutputs, BatchReport
 from rag.batch.tasks import DocumentTask, RollupTask, TaskResult
@@ -56,6 +56,8 @@ def summarize_batch(
             prefixes) of the configured store to narrow to, or nothing for all of them.
         out_dir: the job's folder; an earlier run's finished records there are reused.
         settings: model, backend, prompt, context and loading settings; default ``Settings()``.
+            ``settings.executor`` runs the workers here (``local``) or on Ray (``ray``, at
+            ``settings.ray_address``); the job, its outputs and resuming are the same.
         workers: documents summarized at once; default one per server, else 1.
         servers: llama.cpp / llamafile server URLs to spread the work over (implies the
             ``llamafile`` backend). Several workers on one server use its parallel slots.
@@ -82,11 +84,13 @@ def summarize_batch(
         raise BatchError("--workers must be at least 1")
     if max_words is not None and max_words < 1:
         raise BatchError("--max-words must be at least 1")
-    if local_llm is not None and workers > 1:
-        raise BatchError("a loaded local_llm serves one worker: pass llm_factory (or nothing) to run several")
+    if local_llm is not None and (workers > 1 or settings.executor != "local"):
+        raise BatchError("a loaded local_llm serves one local worker: pass llm_factory (or nothing) to run several or on Ray")
     if settings.prompt and settings.prompt.startswith("hub:"):
         raise BatchError("batch summaries use a prompt family's summarize/map/reduce prompts: pass a family such as chatml, not a hub prompt")
 
+    if settings.executor == "ray":
+        import_ray()  # without the extra, fail before anything is read or loaded
     inputs = [os.fspath(item) for item in inputs]
     if not inputs and not from_store:
         raise BatchError("nothing to summarize: give files, folders or URLs, or use the store (from_store / --from-store)")
@@ -99,7 +103,7 @@ def summarize_batch(
     outputs = BatchOutputs(Path(out_dir))
     report = BatchReport(out_dir=str(out_dir), documents=len(sources) + len(failures), model=spec.model, prompt=spec.prompt, workers=workers)
     report.failures.extend(failures)
-    engines = WorkerEngines(settings, workers, servers, llm_factory or load_local_llm, identity, ready)
+    engines = open_executor(settings, workers, servers, llm_factory or load_local_llm, identity, ready)
     job = BatchRun(spec, settings, sources, store_entries, engines, outputs, report, workers, progress)
     interrupted = completed = False
     try:

@@ -72,6 +72,8 @@ class RawSource:
     kind: str
     charset: str | None = None  # declared by the server
     url: str | None = None  # final URL after redirects
+    validators: tuple[str | None, str | None] | None = None  # a URL's (ETag, Last-Modified), for a conditional re-fetch
+    not_modified: bool = False  # a conditional fetch got 304: no body, the source is as it was
 
     @property
     def content_hash(self) -> str:
@@ -90,10 +92,14 @@ class LoadedSource:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def read_source(source: str, options: LoadOptions) -> RawSource:
-    """The raw bytes of a file or URL, within ``options.max_source_bytes``."""
+def read_source(source: str, options: LoadOptions, validators: tuple[str | None, str | None] | None = None) -> RawSource:
+    """The raw bytes of a file or URL, within ``options.max_source_bytes``.
+
+    ``validators``: a URL's (ETag, Last-Modified) from its last fetch; when the server
+    answers the conditional request with 304 the result has ``not_modified`` set and no bytes.
+    """
     if is_url(source):
-        return _read_url(source, options)
+        return _read_url(source, options, validators)
     return _read_file(Path(source), options)
 
 
@@ -121,14 +127,16 @@ def _read_file(path: Path, options: LoadOptions) -> RawSource:
     return RawSource(str(path), body, kind)
 
 
-def _read_url(url: str, options: LoadOptions) -> RawSource:
+def _read_url(url: str, options: LoadOptions, validators: tuple[str | None, str | None] | None = None) -> RawSource:
     from rag.sources.web import FetchError, FetchPolicy, fetch
 
     policy = FetchPolicy.from_settings(options)
     try:
-        page = fetch(url, policy)
+        page = fetch(url, policy, validators)
     except FetchError as error:
         raise LoadError(str(error)) from None
+    if page.not_modified:
+        return RawSource(url, b"", "", url=page.url, validators=page.validators, not_modified=True)
     kind = CONTENT_TYPE_KINDS.get(page.content_type)
     if kind is None:
         kind = SUFFIX_KINDS.get(PurePosixPath(unquote(urlsplit(page.url).path)).suffix.lower())
@@ -136,7 +144,7 @@ def _read_url(url: str, options: LoadOptions) -> RawSource:
         kind = "html" if page.body.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")) else None
     if kind is None:
         raise UnsupportedSource(f"unsupported content type {page.content_type or '(none)'} at {page.url}")
-    return RawSource(url, page.body, kind, charset=page.charset, url=page.url)
+    return RawSource(url, page.body, kind, charset=page.charset, url=page.url, validators=page.validators)
 
 
 # --- parsing --------------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ class LoadRequest:
     chunk_size: int = 500
     chunk_overlap: int = 0
     known_hash: str | None = None  # skip parsing when the bytes still hash to this
+    validators: tuple[str | None, str | None] | None = None  # a URL's (ETag, Last-Modified) when its bytes hashed to known_hash
     raw: RawSource | None = None  # the bytes, when the caller has read them already
     split: bool = True  # False: the outcome's chunks are the whole documents (one per PDF page, else one)
 
@@ -71,6 +72,7 @@ class LoadOutcome:
     chunks: list[tuple[str, dict]] = field(default_factory=list)
     reason: str | None = None
     retire: bool = False  # the process that made this should not be reused (its memory is spent)
+    validators: tuple[str | None, str | None] | None = None  # a URL's (ETag, Last-Modified), to send on the next fetch
 
 
 def check_unchanged(request: LoadRequest) -> LoadOutcome | LoadRequest:
@@ -98,10 +100,15 @@ def load_and_split(request: LoadRequest) -> LoadOutcome:
     from rag.split import split_documents
 
     try:
-        raw = request.raw if request.raw is not None else read_source(request.source, request.options)
+        # A conditional fetch only when the recorded bytes are what the validators stand for.
+        validators = request.validators if request.known_hash is not None else None
+        raw = request.raw if request.raw is not None else read_source(request.source, request.options, validators)
+        if raw.not_modified:  # 304: nothing downloaded
+            return LoadOutcome(request.source, "unchanged", content_hash=request.known_hash, validators=raw.validators)
         if request.known_hash is not None and raw.content_hash == request.known_hash:
-            return LoadOutcome(request.source, "unchanged", content_hash=raw.content_hash)
+            return LoadOutcome(request.source, "unchanged", content_hash=raw.content_hash, validators=raw.validators)
         loaded = parse_source(raw, request.options)
+        validators = raw.validators
         del raw
         chunks = split_documents(loaded.documents, request.chunk_size, request.chunk_overlap) if request.split else loaded.documents
         return LoadOutcome(
@@ -111,6 +118,7 @@ def load_and_split(request: LoadRequest) -> LoadOutcome:
             kind=loaded.kind,
             title=loaded.title,
             chunks=[(chunk.page_content, chunk.metadata) for chunk in chunks],
+            validators=validators,
         )
     except RagError as error:
         return LoadOutcome(request.source, "failed", reason=str(error))

@@ -14,12 +14,18 @@ to internal addresses followed by ``requests``) are closed here:
 - connect/read timeouts, an overall deadline and a maximum body size (counted
   after decompression); proxies and ``.netrc`` from the environment are ignored.
 
+A re-fetch can be conditional: given the ``ETag`` and ``Last-Modified`` of the last
+fetch, the request carries ``If-None-Match`` / ``If-Modified-Since`` and a server that
+honours them answers ``304 Not Modified`` without the body (``FetchedPage.not_modified``);
+one that ignores them sends the page as usual.
+
 Example::
 
     from rag.settings import Settings
     from rag.sources.web import FetchPolicy, fetch
     page = fetch("https://example.org/", FetchPolicy.from_settings(Settings()))
     page.url, page.content_type, page.charset, len(page.body)
+    again = fetch(page.url, validators=page.validators)   # again.not_modified: nothing downloaded
 """
 
 from __future__ import annotations
@@ -106,6 +112,23 @@ class FetchedPage:
     content_type: str  # lower case, without parameters, e.g. "text/html"
     charset: str | None  # from the Content-Type header, if any
     body: bytes
+    validators: tuple[str | None, str | None] = (None, None)  # (ETag, Last-Modified) as the server sent them
+
+    @property
+    def not_modified(self) -> bool:
+        """The server answered a conditional request with 304: the page is as it was, ``body`` is empty."""
+        return self.status == 304
+
+
+def conditional_headers(validators: tuple[str | None, str | None] | None) -> dict[str, str]:
+    """``If-None-Match`` / ``If-Modified-Since`` for the (ETag, Last-Modified) of an earlier fetch."""
+    etag, last_modified = validators or (None, None)
+    headers = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    return headers
 
 
 def check_address(address: str, allow_private_network: bool) -> None:
@@ -192,11 +215,17 @@ def _guarded_session(policy: FetchPolicy):
     return session
 
 
-def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedPage:
-    """Fetch one URL within ``policy``; raises :class:`FetchError` with the reason."""
+def fetch(url: str, policy: FetchPolicy | None = None, validators: tuple[str | None, str | None] | None = None) -> FetchedPage:
+    """Fetch one URL within ``policy``; raises :class:`FetchError` with the reason.
+
+    ``validators``: the (ETag, Last-Modified) of an earlier fetch; the request is then
+    conditional, and a ``304`` answer comes back as a page with ``not_modified`` set, no
+    body, and the validators the server sent (else those given).
+    """
     import requests
 
     policy = policy or FetchPolicy()
+    headers = conditional_headers(validators)
     deadline = time.monotonic() + policy.deadline
     with _guarded_session(policy) as session:
         current = url
@@ -207,7 +236,7 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedPage:
             wait = min(policy.timeout, left)  # no hop, nor any read in it, may outlast the deadline
             check_url(current, policy.allow_private_network)
             try:
-                response = session.get(current, stream=True, allow_redirects=False, timeout=(wait, wait))
+                response = session.get(current, stream=True, allow_redirects=False, timeout=(wait, wait), headers=headers)
             except BlockedAddress as error:
                 raise BlockedAddress(f"{current}: {error}") from None
             except requests.exceptions.ConnectionError as error:
@@ -230,11 +259,15 @@ def fetch(url: str, policy: FetchPolicy | None = None) -> FetchedPage:
                     logger.debug("redirect %s -> %s", current, target)
                     current = target
                     continue
-                if response.status_code >= 400:
+                if response.status_code >= 400 or (response.status_code == 304 and not headers):
                     raise FetchError(f"HTTP {response.status_code} {response.reason} for {current}")
-                body = _read_limited(response, policy, deadline, current)
+                sent = (response.headers.get("ETag"), response.headers.get("Last-Modified"))
                 content_type, charset = _parse_content_type(response.headers.get("Content-Type", ""))
-                return FetchedPage(current, response.status_code, content_type, charset, body)
+                if response.status_code == 304:
+                    old_etag, old_modified = validators or (None, None)
+                    return FetchedPage(current, 304, content_type, charset, b"", (sent[0] or old_etag, sent[1] or old_modified))
+                body = _read_limited(response, policy, deadline, current)
+                return FetchedPage(current, response.status_code, content_type, charset, body, sent)
         raise FetchError(f"too many redirects (more than {policy.max_redirects}) from {url}")
 
 

@@ -44,7 +44,7 @@ def test_run_eval_ingests_the_corpus_retrieves_once_and_scores_each_run(settings
 class TokenizerFailsOn(http.server.BaseHTTPRequestHandler):
     """A llama.cpp server whose /tokenize answers HTTP 500 for text mentioning ``poison``."""
 
-    poison = "Arran Bay"
+    poison = "population of Arran Bay"  # in one question, in no document: whichever chunks are retrieved
 
     def do_GET(self):  # noqa: N802
         self._json({"model_path": "/models/fake-chatml.gguf", "chat_template": "<|im_start|>", "default_generation_settings": {"n_ctx": 4096}})

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.local_site import LocalSite, Page, delayed, endless, gzip_bomb, redirect, trickle
+from tests.local_site import ConditionalPage, LocalSite, Page, delayed, endless, gzip_bomb, redirect, trickle
 from rag.sources.web import BlockedAddress, FetchError, FetchPolicy, check_address, fetch
 
 LOCAL = FetchPolicy(allow_private_network=True, max_bytes=1_000_000, timeout=5, deadline=10)
@@ -174,3 +174,71 @@ def test_fetch_limits_default_to_the_settings_defaults_and_follow_them():
     custom = Settings(max_source_bytes=5, fetch_timeout=1.5, source_timeout=2.5, allow_private_network=True)
     assert FetchPolicy.from_settings(custom) == FetchPolicy(allow_private_network=True, max_bytes=5, timeout=1.5, deadline=2.5)
     assert FetchPolicy.from_settings(LoadOptions.from_settings(custom)) == FetchPolicy.from_settings(custom)
+
+
+# --- conditional re-fetching (ETag / Last-Modified) -------------------------------------------------
+
+ARTICLE = b"<html><head><title>Tides</title></head><body><main><p>" + b"The tide tables are printed every spring. " * 12 + b"</p></main></body></html>"
+
+
+def test_a_conditional_fetch_of_an_unchanged_page_downloads_nothing():
+    page = ConditionalPage(ARTICLE)
+    with LocalSite({"/tides.html": page}) as site:
+        first = fetch(site.url("/tides.html"), LOCAL)
+        assert (first.status, first.body, first.validators) == (200, ARTICLE, ('"v1"', "Tue, 01 Dec 2026 10:00:00 GMT"))
+        again = fetch(site.url("/tides.html"), LOCAL, first.validators)
+        assert again.not_modified and again.body == b"" and again.validators == first.validators
+        page.change(ARTICLE + b"<p>new</p>")
+        changed = fetch(site.url("/tides.html"), LOCAL, first.validators)
+        assert not changed.not_modified and changed.body.endswith(b"<p>new</p>") and changed.validators[0] == '"v2"'
+    assert (page.full, page.not_modified) == (2, 1)
+
+
+def test_last_modified_alone_makes_the_fetch_conditional():
+    page = ConditionalPage(ARTICLE, etag=None)
+    with LocalSite({"/tides.html": page}) as site:
+        first = fetch(site.url("/tides.html"), LOCAL)
+        assert first.validators == (None, "Tue, 01 Dec 2026 10:00:00 GMT")
+        assert fetch(site.url("/tides.html"), LOCAL, first.validators).not_modified
+    assert (page.full, page.not_modified) == (1, 1)
+
+
+def test_a_server_that_ignores_validators_still_sends_the_page():
+    page = ConditionalPage(ARTICLE, honour=False)
+    with LocalSite({"/tides.html": page}) as site:
+        again = fetch(site.url("/tides.html"), LOCAL, ('"v1"', "Tue, 01 Dec 2026 10:00:00 GMT"))
+    assert (again.status, again.body, page.full, page.not_modified) == (200, ARTICLE, 1, 0)
+
+
+def test_a_304_to_a_plain_request_is_an_error(site):
+    site.routes["/odd"] = Page(b"", status=304)
+    with pytest.raises(FetchError, match="HTTP 304"):
+        fetch(site.url("/odd"), LOCAL)
+
+
+def test_reingest_of_unchanged_urls_gets_304s_and_adds_nothing(settings):
+    """Through ingest and the loader process: the record keeps each URL's validators, the re-run sends them."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from rag.indexing import ingest
+    from rag.store import recorded_sources
+
+    settings = settings.with_overrides(allow_private_network=True)
+    honouring, ignoring = ConditionalPage(ARTICLE), ConditionalPage(ARTICLE.replace(b"Tides", b"Ebb"), honour=False)
+    embeddings = DeterministicFakeEmbedding(size=32)
+    with LocalSite({"/tides.html": honouring, "/ebb.html": ignoring}) as site:
+        urls = [site.url("/tides.html"), site.url("/ebb.html")]
+        first = ingest(urls, settings, embeddings)
+        assert first.sources_added == 2 and first.chunks_added > 0
+        entries = {entry.source: entry for entry in recorded_sources(settings)}
+        assert entries[urls[0]].validators == ('"v1"', "Tue, 01 Dec 2026 10:00:00 GMT")
+
+        again = ingest(urls, settings, embeddings)
+        assert (again.sources_skipped, again.chunks_added, again.embedded) == (2, 0, 0)
+        assert (honouring.full, honouring.not_modified) == (1, 1)  # unchanged without downloading it
+        assert (ignoring.full, ignoring.not_modified) == (2, 0)  # downloaded, found unchanged by its hash
+
+        honouring.change(ARTICLE.replace(b"spring", b"autumn"))
+        changed = ingest(urls, settings, embeddings)
+        assert (changed.sources_updated, changed.sources_skipped) == (1, 1) and honouring.full == 2
+        assert {entry.source: entry for entry in recorded_sources(settings)}[urls[0]].etag == '"v2"'

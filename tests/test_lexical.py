@@ -1,0 +1,89 @@
+"""The lexical index: tokens for code and any script, queries that never break FTS5, writes and recovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from rag.lexical import LexicalIndex, match_expression, query_terms, terms
+
+
+@pytest.fixture
+def index(tmp_path):
+    with LexicalIndex(tmp_path, "docs") as opened:
+        opened.add(
+            [
+                ("mv", "git-mv", "git-mv\n\nUse git mv -k to skip renames that would fail."),
+                ("re", "python-re", "re.sub(pattern, repl) replaces; *? is the lazy quantifier."),
+                ("cafe", "menu", "Le café crème est servi chaud."),
+                ("jp", "guide", "日本語のテキストを検索する"),
+                ("gc", "git-gc", "Prune loose objects older than gc.pruneExpire allows."),
+            ]
+        )
+        yield opened
+
+
+def test_code_tokens_are_kept_whole_beside_their_words():
+    found = terms("Run `git mv -k`, then re.sub and *? with --force.")
+    assert {"git", "mv", "k", "re", "sub", "force"} <= set(found)
+    for token in ("-k", "re.sub", "*?", "--force"):
+        assert "x" + token.encode().hex() in found
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("re.sub", "re"), ("*?", "re"), ("mv -k", "mv"), ("gc.pruneExpire", "gc"), ("cafe", "cafe"), ("Café", "cafe"), ("日本", "jp"), ("skipping renames", "mv")],
+)
+def test_search_finds_code_tokens_accents_cjk_and_stems(index, query, expected):
+    assert index.search(query, 3)[0][0] == expected
+
+
+@pytest.mark.parametrize("query", ['"', "*", "NEAR(", "AND", "OR NOT", "(", ")", "^", ":", "-", "x" * 100_000, "a" * 5 + '"' * 50, "", "   ", "\x00"])
+def test_fts5_syntax_and_odd_queries_never_raise(index, query):
+    assert isinstance(index.search(query, 5), list)
+
+
+def test_queries_are_quoted_terms_joined_by_or():
+    assert match_expression('NEAR( "a" AND b*') == '"near" OR "b" OR "x622a"'  # stop words a, and left out
+    assert match_expression("???") == '"x3f3f3f"' and match_expression("") is None
+    assert len(query_terms(" ".join(f"w{n}" for n in range(500)))) == 64
+
+
+def test_stop_words_are_left_out_unless_nothing_else_remains():
+    assert query_terms("how do I rename a branch") == ["rename", "branch"]
+    assert query_terms("what is it") == ["what", "is", "it"]
+
+
+def test_add_replaces_and_delete_removes(index):
+    index.add([("mv", "git-mv", "now about submodules")])
+    assert index.search("renames", 5) == [] and index.search("submodules", 5)[0][0] == "mv"
+    index.delete(["mv", "unknown"])
+    assert "mv" not in index.ids() and index.ids("git-gc") == {"gc"}
+    assert index.count() == 4
+
+
+class FakeCollection:
+    """What reconcile reads of a Chroma collection: ids, texts and metadata."""
+
+    def __init__(self, chunks: dict[str, tuple[str, dict]]):
+        self.chunks = chunks
+
+    def get(self, ids=None, include=()):
+        wanted = list(self.chunks) if ids is None else [i for i in ids if i in self.chunks]
+        return {"ids": wanted, "documents": [self.chunks[i][0] for i in wanted], "metadatas": [self.chunks[i][1] for i in wanted]}
+
+
+def test_reconcile_makes_the_ids_exactly_the_vector_indexs(index):
+    index.mark_dirty()
+    assert index.dirty
+    collection = FakeCollection({"mv": ("git mv", {"source": "git-mv"}), "new": ("brand new chunk", {"source": "n"})})
+    assert index.reconcile(collection, lambda text, metadata: text) == (1, 4)
+    assert index.ids() == {"mv", "new"} and not index.dirty
+    assert index.search("brand", 3)[0][0] == "new"
+
+
+def test_collections_are_separate_and_drop_empties_one(tmp_path, index):
+    with LexicalIndex(tmp_path, "other") as other:
+        other.add([("x", "s", "git mv")])
+        other.drop()
+        assert other.count() == 0
+    assert index.count() == 5

@@ -15,6 +15,7 @@ DEMO_STORE ?= .rag/demo-store
 DEMO_QUESTION ?= When was Kestrel Point Lighthouse first lit?
 # benchmarks/bench_ingest.py reads Git's HTML manual pages from Debian's git-doc package.
 GIT_DOC := /usr/share/doc/git-doc/git-mv.html
+POSTGRES_DOC := /usr/share/doc/postgresql-doc-15/html/index.html
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 # llama.cpp compiles for minutes; never let it start more than 2 compilers.
@@ -77,11 +78,15 @@ test-fast: setup-test
 	$(BIN)/python -m pytest -m "not integration"
 
 # The benchmarks never install anything themselves; this is the one step that does.
-corpora: $(GIT_DOC)
+corpora: $(GIT_DOC) $(POSTGRES_DOC)
 
 $(GIT_DOC):
-	@echo "installing Debian's git-doc (about 13 MB): the corpus of benchmarks/bench_ingest.py"
+	@echo "installing Debian's git-doc (about 13 MB): the corpus of bench_ingest.py and bench_retrieval.py"
 	$(APT) install -y --no-install-recommends git-doc || { $(APT) update && $(APT) install -y --no-install-recommends git-doc; }
+
+$(POSTGRES_DOC):
+	@echo "installing Debian's postgresql-doc-15: the second corpus of bench_retrieval.py"
+	$(APT) install -y --no-install-recommends postgresql-doc-15 || { $(APT) update && $(APT) install -y --no-install-recommends postgresql-doc-15; }
 
 bench: models setup-test corpora
 	for script in benchmarks/bench_*.py; do $(BIN)/python $$script || exit 1; done

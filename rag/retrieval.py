@@ -40,6 +40,7 @@ from rag.store import (
     IncompatibleCollection,
     StoreBusy,
     check_dimension,
+    query_nearest,
     check_profile,
     open_collection,
     read_profile,
@@ -76,7 +77,7 @@ class RagRetriever(BaseRetriever):
         vector = self._embed(query) if self.method != "lexical" else None
         ranked: dict[str, dict] = {}
         if vector is not None:
-            found = self.collection.query(query_embeddings=[vector], n_results=min(depth, self.collection.count()), include=["documents", "metadatas", "distances"])
+            found = query_nearest(self.collection, vector, min(depth, self.collection.count()), embedder_id(self.embeddings))
             for rank, (chunk_id, text, metadata, distance) in enumerate(zip(found["ids"][0], found["documents"][0], found["metadatas"][0], found["distances"][0]), start=1):
                 ranked[chunk_id] = {"text": text, "metadata": metadata or {}, "score": 1.0 - float(distance), "rrf": 1.0 / (RRF_K + rank), "methods": ["vector"]}
         if self.method != "vector" and self.lexical is not None:

@@ -7,13 +7,12 @@ Each collection's metadata records the embedder and the splitter settings it
 was built with; :func:`check_profile` refuses to mix others in.
 With ``settings.chroma_url`` the store is a Chroma server instead (``HttpClient``),
 and the record and the lock live on that server (:mod:`rag.chroma_server`).
-:func:`similar_chunks` is the one retrieval every command uses.
+Retrieval over a store is :mod:`rag.retrieval`.
 
 Example::
 
-    from rag.store import open_store, similar_chunks
+    from rag.store import open_store
     store = open_store(settings, embeddings)      # a langchain_chroma.Chroma
-    similar_chunks(store._collection, embeddings, "query", k=4)
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 
 from rag.embed import embedder_id
@@ -46,7 +44,6 @@ LOCK_FILE = "rag-write.lock"
 STORE_FOLDER_FIX = "choose a folder you can write to with --store or RAG_STORE_DIR"
 PROFILE_PREFIX = "rag:"
 LEGACY_EMBEDDER_ID = "NFCEmbeddings"  # what versions before the embedder identity recorded for every GGUF model
-FETCH_FACTOR = 3  # chunks fetched per chunk returned, so repeated texts can be dropped
 REINDEX_HINT = "rebuild it with `rag ingest --reindex PATH ...`"
 
 
@@ -248,45 +245,20 @@ def clean_metadata(metadata: dict) -> dict:
     return {key: value for key, value in metadata.items() if isinstance(value, (str, int, float, bool))}
 
 
-# --- retrieval --------------------------------------------------------------------------------------
+# --- nearest neighbours -------------------------------------------------------------------------------
 
 
-def similar_chunks(collection, embeddings: Embeddings, query: str, k: int) -> list[Document]:
-    """The ``k`` chunks nearest to ``query``, best first, with ``metadata["score"]`` (cosine similarity).
-
-    The one retrieval behind ``rag search``, ``ask``, ``chat`` and ``eval``. Chunks with
-    the same text (boilerplate on several pages) appear once, the best-scoring: it fetches
-    ``FETCH_FACTOR * k`` chunks to have ``k`` left after dropping repeats.
-
-    Raises:
-        IncompatibleCollection: the query vector's dimension is not the collection's.
-    """
+def query_nearest(collection, vector: list[float], n: int, embedder: str) -> dict:
+    """Chroma's ``query`` for one vector; a vector of another dimension is :class:`IncompatibleCollection`."""
     from chromadb.errors import InvalidArgumentError, InvalidDimensionException
 
-    count = collection.count()
-    if count == 0:
-        return []
-    vector = embeddings.embed_query(query)
-    check_dimension(collection, len(vector), embedder_id(embeddings))
+    check_dimension(collection, len(vector), embedder)
     try:
-        found = collection.query(
-            query_embeddings=[vector], n_results=min(count, k * FETCH_FACTOR), include=["documents", "metadatas", "distances"]
-        )
+        return collection.query(query_embeddings=[vector], n_results=n, include=["documents", "metadatas", "distances"])
     except (InvalidArgumentError, InvalidDimensionException) as error:  # a collection that does not record its dimension
         if "dimension" not in str(error):
             raise
-        raise _dimension_mismatch(collection.name, None, len(vector), embedder_id(embeddings)) from None
-    hits: list[Document] = []
-    seen: set[str] = set()
-    for text, metadata, distance in zip(found["documents"][0], found["metadatas"][0], found["distances"][0]):
-        digest = (metadata or {}).get("chunk_hash") or text
-        if digest in seen:
-            continue
-        seen.add(digest)
-        hits.append(Document(page_content=text, metadata={**(metadata or {}), "score": 1.0 - float(distance)}))
-        if len(hits) == k:
-            break
-    return hits
+        raise _dimension_mismatch(collection.name, None, len(vector), embedder) from None
 
 
 # --- the record of indexed sources --------------------------------------------------------------------

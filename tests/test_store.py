@@ -10,6 +10,7 @@ import time
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
 
+from rag.embed import embedder_id
 from rag.store import (
     EmptyStore,
     IncompatibleCollection,
@@ -22,7 +23,7 @@ from rag.store import (
     open_store,
     read_profile,
     require_nonempty,
-    similar_chunks,
+    query_nearest,
     store_lock,
     write_profile,
 )
@@ -82,17 +83,6 @@ def add_chunks(collection, texts: list[str], embeddings, hashes: list[str] | Non
     )
 
 
-def test_similar_chunks_drops_repeated_texts_and_scores_by_cosine(settings, fake_embeddings):
-    collection = open_collection(settings)
-    texts = ["boilerplate footer", "boilerplate footer", "boilerplate footer", "alpha", "beta", "gamma"]
-    add_chunks(collection, texts, fake_embeddings)
-    hits = similar_chunks(collection, fake_embeddings, "boilerplate footer", 3)
-    assert [doc.page_content for doc in hits][0] == "boilerplate footer" and len(hits) == 3
-    assert len({doc.page_content for doc in hits}) == 3, "each text once"
-    assert hits[0].metadata["score"] == pytest.approx(1.0) and hits[0].metadata["source"] == "/doc0.md"
-    assert hits[0].metadata["score"] >= hits[1].metadata["score"] >= hits[2].metadata["score"]
-
-
 def test_a_query_vector_of_another_dimension_is_refused_in_one_line(settings, fake_embeddings):
     recorded, unrecorded = open_collection(settings), open_collection(settings.with_overrides(collection="bare"))
     write_profile(recorded, {"dimension": 384})
@@ -100,9 +90,9 @@ def test_a_query_vector_of_another_dimension_is_refused_in_one_line(settings, fa
         add_chunks(collection, ["alpha", "beta"], fake_embeddings)
     smaller = DeterministicFakeEmbedding(size=32)
     with pytest.raises(IncompatibleCollection, match=r"holds 384-dimensional vectors but the embedder 'DeterministicFakeEmbedding:32' makes 32-dimensional.*--reindex"):
-        similar_chunks(recorded, smaller, "alpha", 2)
+        query_nearest(recorded, smaller.embed_query("alpha"), 2, embedder_id(smaller))
     with pytest.raises(IncompatibleCollection, match=r"holds vectors of another dimension but .* makes 32-dimensional"):
-        similar_chunks(unrecorded, smaller, "alpha", 2)
+        query_nearest(unrecorded, smaller.embed_query("alpha"), 2, embedder_id(smaller))
 
 
 def test_empty_store_says_what_to_do(settings, fake_embeddings):

@@ -243,8 +243,9 @@ def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
         wait = deadline - time.monotonic()
         if wait <= 0:
             return None
-        ready, _, _ = select.select([fd], [], [], wait)
-        if not ready:
+        poller = select.poll()  # not select.select(): it fails on descriptors >= 1024 (a long-lived process has many open)
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(wait * 1000):
             return None
         part = os.read(fd, min(remaining, 1 << 20))
         if not part:

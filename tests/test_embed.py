@@ -87,6 +87,7 @@ def write_gguf(path: Path, tensor_type: str = "f32", tokens: int = 50_000, fill:
     return path
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_gguf_fingerprint_covers_the_header_and_tensor_infos_only(tmp_path):
     import gguf
 

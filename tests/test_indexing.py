@@ -736,6 +736,7 @@ def test_after_kill_9_at_any_point_both_indexes_hold_the_same_ids(settings, tmp_
     assert set(stored(settings)) == set(stored(clean)) == lexical_ids(clean)
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 @pytest.mark.parametrize("step", ["add", "delete", "mark_clean"])
 def test_a_crash_inside_the_lexical_writes_is_recovered_by_the_next_search_or_ingest(settings, corpus, counting, monkeypatch, step):
     from rag.lexical import LexicalIndex

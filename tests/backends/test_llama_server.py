@@ -26,6 +26,7 @@ def test_llamafile_http_error_raises(fake_server):
         llm.invoke("hi")
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_llamafile_hung_server_times_out_with_message(fake_server):
     url = fake_server("hang")
     llm = LlamafileLLM(base_url=url, request_timeout=1)

@@ -17,6 +17,7 @@ from rag.settings import Settings
 from tests.batch.fakes import crashing_factory, fake_factory
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_two_servers_share_the_work_and_give_the_same_summaries(corpus, tmp_path, batch_settings, fake_server):
     for name in ("more1.md", "more2.md", "more3.md"):
         (corpus / name).write_text(f"# {name}\n\nThe ferry timetable {name} changes in winter when the lake freezes.", encoding="utf-8")
@@ -31,6 +32,7 @@ def test_two_servers_share_the_work_and_give_the_same_summaries(corpus, tmp_path
     assert [r["key"] for r in two.records] == [r["key"] for r in one.records]
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_several_workers_use_one_servers_parallel_slots(corpus, tmp_path, batch_settings, fake_server):
     server = fake_server(token_delay=0.02)
     active, peak = [0], [0]

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from rag.eval import run_eval
 from tests.eval.conftest import GOOD, WEAK, fake_factory
 
 
+@pytest.mark.integration  # renders a matplotlib chart (about a second): kept out of the fast tier
 def test_report_renders_table_markdown_json_and_chart(settings, question_file, fake_embeddings, tmp_path):
     report = run_eval(question_file, settings, models=["default", "weak"], embeddings=fake_embeddings, llm_factory=fake_factory({"default": GOOD, "weak": WEAK}))
 

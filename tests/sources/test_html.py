@@ -52,6 +52,7 @@ def test_html_charset_from_the_http_header_wins():
     assert html_to_text(page, declared_charset="windows-1252")[1] == "Crème"
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_deeply_nested_html_is_parsed_without_recursion():
     depth = 50_000
     page = ("<html><body>" + "<div>" * depth + "<p>deep text</p>" + "</div>" * depth + "</body></html>").encode()

@@ -108,6 +108,7 @@ def test_decompressed_size_counts(site):
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_read_timeout(site):
     def silent(handler):
         time.sleep(3)
@@ -119,6 +120,7 @@ def test_read_timeout(site):
     assert time.monotonic() - started < 2.5
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_overall_deadline_stops_a_trickling_server(site):
     site.routes["/slow"] = trickle(seconds=30)
     started = time.monotonic()
@@ -127,6 +129,7 @@ def test_overall_deadline_stops_a_trickling_server(site):
     assert time.monotonic() - started < 8
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_overall_deadline_covers_a_chain_of_slow_redirects(site):
     hops = 6
     for hop in range(hops):
@@ -216,6 +219,7 @@ def test_a_304_to_a_plain_request_is_an_error(site):
         fetch(site.url("/odd"), LOCAL)
 
 
+@pytest.mark.integration  # timing/servers: seconds of waiting, kept out of the fast tier
 def test_reingest_of_unchanged_urls_gets_304s_and_adds_nothing(settings):
     """Through ingest and the loader process: the record keeps each URL's validators, the re-run sends them."""
     from langchain_core.embeddings import DeterministicFakeEmbedding

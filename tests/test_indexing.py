@@ -499,9 +499,8 @@ def write_corpus(folder: Path, version: int) -> None:
         (folder / "new.txt").write_text("A file added in version two.\n", encoding="utf-8")
 
 
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-@pytest.mark.integration  # a real ingest process, killed
-def test_a_run_stopped_half_way_then_rerun_equals_a_clean_run(settings, tmp_path, stop):
+def start_interrupted_ingest(settings, tmp_path) -> tuple[Path, subprocess.Popen]:
+    """A corpus indexed once, then grown, and an ingest process of it that reports each embedding call."""
     folder = tmp_path / "corpus"
     write_corpus(folder, 1)
     ingest([folder], settings, CountingEmbeddings())
@@ -510,6 +509,13 @@ def test_a_run_stopped_half_way_then_rerun_equals_a_clean_run(settings, tmp_path
         [sys.executable, "-c", INTERRUPTED_RUN, str(folder), str(settings.data_dir)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
+    return folder, process
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.integration  # a real ingest process, killed
+def test_a_run_stopped_half_way_then_rerun_equals_a_clean_run(settings, tmp_path, stop):
+    folder, process = start_interrupted_ingest(settings, tmp_path)
     try:
         for _ in range(2):  # mid-way through the long file: some new chunks written, old ones not yet removed
             assert process.stdout.readline().startswith("embedding")
@@ -711,14 +717,7 @@ def test_lexical_index_holds_chromas_ids_through_add_update_prune_forget_reindex
 def test_after_kill_9_at_any_point_both_indexes_hold_the_same_ids(settings, tmp_path, pause):
     from rag.retrieval import retriever
 
-    folder = tmp_path / "corpus"
-    write_corpus(folder, 1)
-    ingest([folder], settings, CountingEmbeddings())
-    write_corpus(folder, 2)
-    process = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_RUN, str(folder), str(settings.data_dir)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    folder, process = start_interrupted_ingest(settings, tmp_path)
     try:
         for _ in range(2):
             assert process.stdout.readline().startswith("embedding")

@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import ipaddress
 import json
@@ -43,6 +42,7 @@ from urllib.parse import urlsplit
 
 from rag.errors import RagError
 from rag.settings import Settings
+from rag.store import utc_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +130,6 @@ def _bookkeeping(client, name: str):
     return client.get_or_create_collection(name, embedding_function=None, metadata={"rag:bookkeeping": True})
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 # --- the source record ---------------------------------------------------------------------------------
 
 
@@ -193,7 +189,7 @@ class ServerSourceRecord:
         """Seen unchanged now; ``validators`` (ETag, Last-Modified), when given, replace the recorded ones."""
         previous = self.get(source)
         if previous is not None:
-            changes = {"checked_at": _now(), **(dict(zip(("etag", "last_modified"), validators)) if validators else {})}
+            changes = {"checked_at": utc_timestamp(), **(dict(zip(("etag", "last_modified"), validators)) if validators else {})}
             self._put({**previous.to_dict(), **changes})
 
     def delete(self, source: str) -> None:
@@ -221,7 +217,7 @@ def server_lock(client, settings: Settings, purpose: str, lease: float = LEASE_S
     locks = _bookkeeping(client, LOCK_COLLECTION)
     name = settings.collection
     token = uuid.uuid4().hex
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "command": " ".join(sys.argv)[:300], "since": _now()}
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": purpose, "command": " ".join(sys.argv)[:300], "since": utc_timestamp()}
 
     def leases() -> dict[int, dict]:
         found = locks.get(where={"collection": name}, include=["metadatas"])

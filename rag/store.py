@@ -292,7 +292,7 @@ def indexed_entry(
     pipeline: str, changed: bool, validators: tuple[str | None, str | None] | None,
 ) -> SourceEntry:  # fmt: skip
     """The record entry of a source just indexed: ``ingested_at`` moves only when its chunks ``changed``."""
-    now = _now()
+    now = utc_timestamp()
     kept = previous is not None and previous.ingested_at is not None and not changed
     etag, last_modified = validators or (None, None)
     return SourceEntry(
@@ -370,7 +370,7 @@ class SourceRecord:
 
     def mark_checked(self, source: str, validators: tuple[str | None, str | None] | None = None) -> None:
         """Seen unchanged now; ``validators`` (ETag, Last-Modified), when given, replace the recorded ones."""
-        self.db.execute("UPDATE sources SET checked_at = ? WHERE collection = ? AND source = ?", (_now(), self.collection, source))
+        self.db.execute("UPDATE sources SET checked_at = ? WHERE collection = ? AND source = ?", (utc_timestamp(), self.collection, source))
         if validators:
             self.db.execute(
                 "UPDATE sources SET etag = ?, last_modified = ? WHERE collection = ? AND source = ?", (*validators, self.collection, source)
@@ -408,7 +408,8 @@ def recorded_sources(settings: Settings) -> list[SourceEntry]:
         return record.entries()
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
+    """Now, in UTC, to the second (ISO 8601): when a record, lock or report was written."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -455,7 +456,7 @@ def store_lock(settings: Settings, purpose: str) -> Iterator[None]:
             "host": socket.gethostname(),
             "purpose": purpose,
             "command": " ".join(sys.argv)[:300],
-            "since": _now(),
+            "since": utc_timestamp(),
         }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)

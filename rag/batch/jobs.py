@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -134,8 +133,3 @@ def identify_model(
 def digest(value: Any) -> str:
     """The SHA-256 of ``value`` as canonical JSON: keys and content ids are made of it."""
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
-
-
-def utc_timestamp() -> str:
-    """Now, in UTC, to the second (ISO 8601): when a record or the manifest was written."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag.atomic import write_atomic
-from rag.batch.jobs import RECORD_VERSION, JobSpec, utc_timestamp
+from rag.batch.jobs import RECORD_VERSION, JobSpec
 from rag.paths import ensure_directory
+from rag.store import utc_timestamp
 
 logger = logging.getLogger(__name__)
 

@@ -24,12 +24,13 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 
-from rag.batch.jobs import RECORD_VERSION, JobSpec, utc_timestamp
+from rag.batch.jobs import RECORD_VERSION, JobSpec
 from rag.budget import ContextBudget
 from rag.chains import build_summarize_chain
 from rag.citations import cite_points, strip_markers, unique_citations
 from rag.errors import RagError
 from rag.llm import LocalLLM
+from rag.store import utc_timestamp
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,6 @@ Example::
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from rag.eval.questions import EvalQuestion, QuestionSet, load_questions
 from rag.eval.report import AnswerResult, EvalReport, RetrievalResult, RunResult
 from rag.llm import LocalLLM, load_local_llm
 from rag.settings import Settings
+from rag.store import utc_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def run_eval(
         embedder=embedder_id(embeddings),
         k=settings.k,
         max_tokens=settings.max_tokens,
-        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        created=utc_timestamp(),
         questions=[question.to_dict() for question in question_set.questions],
     )
     report.ingested = _prepare_store(question_set, settings, embeddings, ingest, report.warnings)

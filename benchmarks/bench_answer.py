@@ -216,6 +216,15 @@ def run_json(command: list[str], env: dict[str, str]) -> tuple[float, dict]:
     return wall, json.loads(done.stdout)
 
 
+def ingested_store(workdir: Path, tokens: int, threads: int, k: int) -> tuple[str, dict]:
+    """A store of data/ under ``workdir`` and the environment every timed process runs with (no RAG_* of the caller's)."""
+    store = str(workdir / "store")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAG_") or name == "RAG_CACHE_DIR"}
+    env.update(RAG_DATA_DIR=str(workdir / "data"), RAG_TEMPERATURE="0", RAG_MAX_TOKENS=str(tokens), RAG_N_THREADS=str(threads), RAG_K=str(k))
+    run_json([*rag_command(), "ingest", str(DATA), "--store", store, "--json"], env)
+    return store, env
+
+
 def rag_command() -> list[str]:
     script = Path(sys.executable).parent / "rag"
     return [str(script)] if script.exists() else [sys.executable, "-m", "rag"]
@@ -244,11 +253,8 @@ def main() -> None:
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-answer-"))
-    store = str(workdir / "store")
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RAG_") or name == "RAG_CACHE_DIR"}
-    env.update(RAG_DATA_DIR=str(workdir / "data"), RAG_TEMPERATURE="0", RAG_MAX_TOKENS=str(args.tokens), RAG_N_THREADS=str(args.threads), RAG_K=str(args.k))
+    store, env = ingested_store(workdir, args.tokens, args.threads, args.k)
     rag = rag_command()
-    run_json([*rag, "ingest", str(DATA), "--store", store, "--json"], env)
 
     instrumented_command = [sys.executable, __file__, "--instrumented", store, QUESTION]
     _, warm = run_json(instrumented_command, env)  # warm-up (page cache), and the final prompt for the floor

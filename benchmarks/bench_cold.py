@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_answer import DATA, FLOOR_SCRIPT, QUESTION, median, rag_command, run_json  # noqa: E402
+from bench_answer import DATA, FLOOR_SCRIPT, QUESTION, ingested_store, median, rag_command, run_json  # noqa: E402
 
 BENCH_ANSWER = Path(__file__).resolve().parent / "bench_answer.py"
 TARGETS = {"rag ask --json": 1.5, "rag models": 1.0, "batch re-run (no-op)": 1.5}  # ratio to the floor; seconds; seconds
@@ -58,11 +58,8 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-cold-"))
-    store = str(workdir / "store")
-    env = {name: value for name, value in os.environ.items() if not name.startswith("RAG_") or name == "RAG_CACHE_DIR"}
-    env.update(RAG_DATA_DIR=str(workdir / "data"), RAG_TEMPERATURE="0", RAG_MAX_TOKENS=str(args.tokens), RAG_N_THREADS=str(args.threads), RAG_K=str(args.k))
+    store, env = ingested_store(workdir, args.tokens, args.threads, args.k)
     rag = rag_command()
-    run_json([*rag, "ingest", str(DATA), "--store", store, "--json"], env)
 
     # The final prompt rag sends, for the floor; also warms the page cache and the metadata cache.
     _, warm = run_json([sys.executable, str(BENCH_ANSWER), "--instrumented", store, QUESTION], env)

@@ -24,6 +24,19 @@ class Page:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
 
+    def send(self, handler: BaseHTTPRequestHandler) -> None:
+        """Write this response; a client that went away is not an error."""
+        try:
+            handler.send_response(self.status)
+            handler.send_header("Content-Type", self.content_type)
+            handler.send_header("Content-Length", str(len(self.body)))
+            for name, value in self.headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(self.body)
+        except OSError:
+            pass
+
 
 def redirect(location: str, status: int = 302) -> Page:
     return Page(b"", status=status, headers={"Location": location})
@@ -34,16 +47,7 @@ def delayed(page: Page, seconds: float) -> Callable:
 
     def respond(handler: BaseHTTPRequestHandler) -> None:
         time.sleep(seconds)
-        try:
-            handler.send_response(page.status)
-            handler.send_header("Content-Type", page.content_type)
-            handler.send_header("Content-Length", str(len(page.body)))
-            for name, value in page.headers.items():
-                handler.send_header(name, value)
-            handler.end_headers()
-            handler.wfile.write(page.body)
-        except OSError:
-            pass
+        page.send(handler)
 
     return respond
 
@@ -146,16 +150,7 @@ class LocalSite:
                 if callable(route):
                     route(self)
                     return
-                self.send_response(route.status)
-                self.send_header("Content-Type", route.content_type)
-                self.send_header("Content-Length", str(len(route.body)))
-                for name, value in route.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                try:
-                    self.wfile.write(route.body)
-                except OSError:
-                    pass
+                route.send(self)
 
             def log_message(self, *args: object) -> None:
                 pass

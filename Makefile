@@ -22,6 +22,8 @@ APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive
 export CMAKE_BUILD_PARALLEL_LEVEL := 2
 export LLAMA_CPP_BUILD_JOBS := 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# rag never loads llama.cpp's multimodal library (mtmd); not compiling it saves minutes.
+LLAMA_CPP_PYTHON_CMAKE_ARGS := -DLLAVA_BUILD=OFF
 
 # One stamp per compiled wheel: $(WHEELS)/.NAME-VERSION, the version pinned in constraints.txt.
 wheel_stamp = $(WHEELS)/.$(1)-$(shell grep -E '^$(1)==' constraints.txt | cut -d= -f3)
@@ -39,7 +41,8 @@ setup-test: $(VENV)/.installed-test
 $(WHEELS)/.%:
 	@mkdir -p $(WHEELS)
 	@echo "building $* once into $(WHEELS) (compiles llama.cpp with 2 jobs; several minutes)"
-	$(PYTHON) -m pip wheel --no-deps --wheel-dir $(WHEELS) "$(shell echo $* | sed -E 's/-([0-9][0-9.]*)$$/==\1/')"
+	$(if $(filter llama-cpp-python-%,$*),CMAKE_ARGS="$(LLAMA_CPP_PYTHON_CMAKE_ARGS) $$CMAKE_ARGS") \
+		$(PYTHON) -m pip wheel --no-deps --wheel-dir $(WHEELS) "$(shell echo $* | sed -E 's/-([0-9][0-9.]*)$$/==\1/')"
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml constraints.txt $(DEMO_WHEEL)
@@ -73,6 +76,7 @@ demo: models
 
 test: models setup-test browser
 	$(BIN)/python -m pytest
+	$(BIN)/python scripts/audit_dependencies.py
 
 test-fast: setup-test
 	$(BIN)/python -m pytest -m "not integration"

@@ -278,6 +278,11 @@ class Assistant:
         if "asked" in state:
             metadata["standalone_question"] = state["question"]
             metadata["condense"] = state["condense"]
+        context = state.get("context", [])
+        if context and context[0].metadata.get("cut"):
+            metadata["cut"] = context[0].metadata["cut"]  # the chunks the score cut-offs dropped
+        elif not context and "context" in state:
+            metadata["cut"] = f"no chunk reached min_score {self.settings.min_score}"
         yield Answer(
             question=question,
             answer="".join(parts).strip(),

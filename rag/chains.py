@@ -73,14 +73,18 @@ def build_retriever(store, k: int = 4, settings=None) -> Runnable[str, list[Docu
 # --- question answering ---------------------------------------------------------------------------
 
 
+NO_CONTEXT_ANSWER = "I don't know: no passage of the indexed documents matches the question closely enough."
+
+
 def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike) -> Runnable[dict, str]:
-    """QA over given documents: ``{"context": [Document], "question": str}`` -> answer text."""
-    return (
-        RunnablePassthrough.assign(context=RunnablePick("context") | RunnableLambda(format_docs))
-        | prompt
-        | llm
-        | StrOutputParser()
-    )
+    """QA over given documents: ``{"context": [Document], "question": str}`` -> answer text.
+
+    With no documents (nothing retrieved reached ``min_score``) the answer is
+    :data:`NO_CONTEXT_ANSWER`, without calling the model: a small model given no context
+    makes an answer up.
+    """
+    answer = RunnablePassthrough.assign(context=RunnablePick("context") | RunnableLambda(format_docs)) | prompt | llm | StrOutputParser()
+    return RunnableBranch((lambda inputs: not inputs.get("context"), RunnableLambda(lambda _: NO_CONTEXT_ANSWER, name="no_context")), answer)
 
 
 def build_context_fitter(prompt: BasePromptTemplate, budget: ContextBudget) -> Runnable[dict, dict]:

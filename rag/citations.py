@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 from langchain_core.documents import Document
 
-MARKER = re.compile(r"\[(\d+(?:\s*(?:[,;–-]|and)\s*\d+)*)\]")
+# A source number has at most 9 digits: longer ones are no citation (and int() refuses over 4,300 digits).
+MARKER = re.compile(r"\[(\d{1,9}(?:\s*(?:[,;–-]|and)\s*\d{1,9})*)\]")
 _BULLET = re.compile(r"^\s*(?:[-*•+]|\d+[.)])\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\[\"'(A-Z0-9])")
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)

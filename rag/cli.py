@@ -18,9 +18,10 @@ from typing import Any
 
 import click
 
-from rag.cli_options import backend_options, executor_options, folder_options, json_option, model_options, serve_options, setting_help, store_options
+from rag.cli_options import backend_options, comma_list, executor_options, folder_options, json_option, model_options, serve_options, setting_help, store_options
 from rag.errors import EmptyQuestion, LLMBackendError, RagError
 from rag.settings import Settings
+from rag.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, exit_status, stop_on_sigterm
 
 # Exit statuses (documented in the README).
 EXIT_OK = 0
@@ -28,7 +29,6 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_PARTIAL = 3  # some sources/documents failed, the rest landed
 EXIT_NOTHING_DONE = 4  # every source failed, nothing changed
-EXIT_INTERRUPTED = 130
 
 
 def emit_json(data: Any) -> None:
@@ -51,9 +51,9 @@ def handle_errors(command: Callable) -> Callable:
         except click.UsageError as error:  # found by the command itself: one line too, not click's usage block
             click.secho(f"error: {error.format_message()}", fg="red", err=True)
             sys.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stopped:  # Ctrl-C (130), or SIGTERM (143): see rag.signals
             click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(exit_status(stopped))
 
     return wrapper
 
@@ -117,11 +117,12 @@ def models(ctx: click.Context, as_json: bool) -> None:
 
 @cli.command()
 @model_options
+@store_options
 @json_option
 @click.pass_context
 @handle_errors
 def doctor(ctx: click.Context, as_json: bool, **options: Any) -> None:
-    """Check offline readiness: models present and loadable, llama.cpp build, server."""
+    """Check offline readiness: models present and loadable, llama.cpp build, server, store files intact."""
     from rag.doctor import run_checks
 
     results = run_checks(settings_from(ctx, **options))
@@ -410,7 +411,7 @@ def batch_summarize(
         )
         code = {"done": EXIT_OK, "partial": EXIT_PARTIAL}.get(report.status, EXIT_NOTHING_DONE)
     except BatchInterrupted as interrupted:
-        report, code = interrupted.report, EXIT_INTERRUPTED
+        report, code = interrupted.report, exit_status(interrupted)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -420,7 +421,7 @@ def batch_summarize(
         )
         for failure in report.failures:
             click.echo(f"failed: {failure.display}", err=True)
-        if code == EXIT_INTERRUPTED:
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
             click.echo("interrupted: run the same command again to finish the rest", err=True)
     if code:
         sys.exit(code)
@@ -439,10 +440,6 @@ def serve(ctx: click.Context, k: int | None, **options: Any) -> None:
     settings = settings_from(ctx, k=k, **options)
     click.echo(f"rag serve: chat page and /v1 API on http://{settings.host}:{settings.port}/; Ctrl-C stops", err=True)
     run_server(settings)
-
-
-def comma_list(value: str | None) -> list[str] | None:
-    return [item.strip() for item in value.split(",") if item.strip()] if value else None
 
 
 @cli.command("eval")
@@ -497,4 +494,5 @@ def eval_command(
 
 
 def main() -> None:
+    stop_on_sigterm()  # SIGTERM stops every command as cleanly as Ctrl-C
     cli(prog_name="rag")

@@ -100,3 +100,8 @@ def serve_options(command: Callable) -> Callable:
     command = click.option("--api-key", help="Bearer token every API request must carry (or RAG_API_KEY) [default: none].")(command)
     command = click.option("--port", type=click.IntRange(0, 65535), help=setting_help("Port to listen on", "port"))(command)
     return click.option("--host", help=setting_help("Address to listen on; beyond loopback an API key is required", "host"))(command)
+
+
+def comma_list(value: str | None) -> list[str] | None:
+    """``"a, b,,c"`` as ``["a", "b", "c"]`` (a flag taking a comma-separated list); ``None`` when not given."""
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None

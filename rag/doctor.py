@@ -1,7 +1,9 @@
 """Offline readiness checks behind ``rag doctor``.
 
 Each check returns a :class:`Check` with a fix when it fails. Nothing here touches
-the network except a configured local llama.cpp server.
+the network except a configured local llama.cpp server. The store folder is checked
+file by file and read in a child process (:mod:`rag.store_check`): one failed check
+per damaged file, each with the ``--reindex`` command that rebuilds it.
 
 Example::
 
@@ -16,9 +18,13 @@ import importlib.metadata
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from rag.native import quiet_native_stderr
-from rag.settings import Settings
+from rag.settings import Settings, setting_default
+from rag.store import StoreBusy, store_lock
+from rag.store_check import CHROMA_FILE, StoreDamage, inspect_store
+from rag.vector_cache import CACHE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +100,39 @@ def backend_readiness(settings: Settings) -> list[tuple[str, Callable[[Settings]
     return [(check.name, as_check(check.name, check.run), check.fix) for check in backend_checks(settings)]
 
 
+def check_store(settings: Settings) -> list[Check]:
+    """The store folder: one passing check, or one failing check per damaged file with the command that rebuilds it."""
+    if settings.chroma_url:
+        return []  # a Chroma server keeps its own files
+    folder = settings.store_path
+    if not (folder / CHROMA_FILE).exists():
+        return [Check("store", True, f"no store yet at {folder}: `rag ingest PATH --store {folder}` creates it", required=False)]
+    try:
+        with store_lock(settings, "rag doctor"):  # files half-written by an ingest would look damaged
+            health = inspect_store(folder)
+    except StoreBusy as busy:
+        return [Check("store", False, f"not checked: {busy}", "run rag doctor again once it has finished", required=False)]
+    if not health.damage:
+        counts = ", ".join(f"{name} {count} chunks" for name, count in health.counts.items()) or "no collections"
+        return [Check("store", True, f"{folder}: {counts}; files intact")]
+    return [Check("store", False, damage.describe(), store_fix(damage, folder)) for damage in health.damage]
+
+
+def store_fix(damage: StoreDamage, folder: Path) -> str:
+    """How to repair one damaged file: a cache is deleted, anything else rebuilt with ``--reindex``."""
+    if damage.path.name == CACHE_FILE:
+        return f"delete {damage.path} (a cache of vectors, refilled as you ingest), or {reindex_fix(folder, None)}"
+    return reindex_fix(folder, damage.collection)
+
+
+def reindex_fix(folder: object, collection: str | None) -> str:
+    """The command that rebuilds a damaged store (or one collection of it) from its sources."""
+    if collection is None:
+        return f"rebuild from your sources: rag ingest SOURCES --store {folder} --reindex (for each collection: --collection NAME)"
+    named = "" if collection == setting_default("collection") else f" --collection {collection}"
+    return f"rebuild from your sources: rag ingest SOURCES --store {folder}{named} --reindex"
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """Run every check; a failing check reports its error and the fix instead of raising."""
     checks = [*CHECKS, *backend_readiness(settings)]
@@ -104,4 +143,9 @@ def run_checks(settings: Settings) -> list[Check]:
         except Exception as error:  # a doctor reports every failure, whatever its kind
             logger.debug("check %s failed", name, exc_info=True)
             results.append(Check(name, False, f"{type(error).__name__}: {error}", fix))
+    try:
+        results += check_store(settings)
+    except Exception as error:  # an unreadable folder, say: reported like any other failure
+        logger.debug("check store failed", exc_info=True)
+        results.append(Check("store", False, f"{type(error).__name__}: {error}", reindex_fix(settings.store_path, None)))
     return results

@@ -42,6 +42,7 @@ from langchain_core.embeddings import Embeddings
 from rag.embed import embedder_id
 from rag.errors import RagError
 from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
+from rag.repair import sources_to_rebuild
 from rag.retrieval import hit_to_dict, search  # noqa: F401 (rag.indexing.search: the retriever's search)
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
 from rag.sources.process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
@@ -156,14 +157,20 @@ def ingest(
     found = expand_inputs(inputs, settings.include, settings.exclude, settings.include_hidden)
     report = IndexReport(store=store_location(settings), collection=settings.collection, sources=len(found.sources))
     with store_lock(settings, "rag ingest"):
+        if reindex and not settings.chroma_url:  # damaged files Chroma or SQLite cannot even open are moved aside first
+            from rag.store_check import set_aside_damage
+
+            set_aside_damage(settings.store_path, settings.collection)
         if embeddings is None:
             from rag.embed import load_embeddings
 
             embeddings = load_embeddings(settings)
         run = _IngestRun(settings, embeddings, report, progress)
         try:
-            run.prepare(reindex)
-            run.index(found.sources)
+            given = set(found.sources)
+            rebuilt = [source for source in run.prepare(reindex) if source not in given]  # a damaged vector index: every recorded source
+            report.sources += len(rebuilt)
+            run.index(found.sources + rebuilt)
             if prune:
                 run.prune(found.folders, found.missing, set(found.sources))
         finally:
@@ -199,14 +206,17 @@ class _IngestRun:
         self.pruned_inputs: list[str] = []
         self.lexical: LexicalIndex | None = None
 
-    def prepare(self, reindex: bool) -> None:
-        if reindex:
+    def prepare(self, reindex: bool) -> list[str]:
+        """Open (or drop and recreate) the collection and its lexical index; the sources to rebuild a damaged one from."""
+        rebuild = [] if reindex else sources_to_rebuild(self.settings, self.client, self.record)
+        if reindex or rebuild:
             self._drop_collection()
             self.report.reindexed = True
         self.collection = open_collection(self.settings, self.client)
         check_profile(self.collection, self.profile)
         write_profile(self.collection, self.profile)
-        self.lexical = open_lexical_for_writing(self.settings, self.collection, reindex)
+        self.lexical = open_lexical_for_writing(self.settings, self.collection, reindex or bool(rebuild))
+        return rebuild
 
     def _drop_collection(self) -> None:
         from chromadb.errors import NotFoundError

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,28 +96,60 @@ def prompts_dir() -> Path:
 
 
 def _read_family(path: Path) -> PromptFamily:
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    """One prompt file; any flaw in it is a :class:`PromptFileError` naming the file."""
     try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as error:  # ValueError: not UTF-8; RecursionError: nested too deep
+        raise PromptFileError(f"{path}: not a readable YAML file ({error}); see prompts/README.md") from error
+    try:
+        if not isinstance(raw, dict) or not isinstance(raw.get("prompts"), dict):
+            raise PromptFileError(f"{path}: expected a mapping with `family` and a `prompts` mapping; see prompts/README.md")
         name = raw["family"]
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise PromptFileError(f"{path}: `family` must be a name without '/'")
         prompts = {}
         for kind, spec in raw["prompts"].items():
-            declared = tuple(spec["variables"])
-            used = set(PromptTemplate.from_template(spec["template"]).input_variables)
+            declared = _strings(spec["variables"], path, f"{kind}: variables")
+            template = spec["template"]
+            if not isinstance(kind, str) or not isinstance(template, str) or not all(item.isidentifier() for item in declared):
+                raise PromptFileError(f"{path}: prompt {kind!r} needs a name, a `template` text and `variables` that are names")
+            _check_plain_fields(template, path, kind)
+            used = set(PromptTemplate.from_template(template).input_variables)
             if used != set(declared):
                 raise PromptFileError(
                     f"{path}: prompt {kind!r} declares variables {sorted(declared)} but its template uses {sorted(used)}"
                 )
-            prompts[kind] = PromptSpec(name, kind, declared, spec["template"], tuple(spec.get("stop", ())))
-    except (KeyError, TypeError) as error:
+            prompts[kind] = PromptSpec(name, kind, declared, template, _strings(spec.get("stop"), path, f"{kind}: stop"))
+        return PromptFamily(
+            name=name,
+            description=str(raw.get("description") or ""),
+            markers=_strings(raw.get("markers"), path, "markers"),
+            name_hints=_strings(raw.get("name_hints"), path, "name_hints"),
+            stop=_strings(raw.get("stop"), path, "stop"),
+            prompts=prompts,
+        )
+    except PromptFileError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as error:  # ValueError: a template str.format cannot parse
         raise PromptFileError(f"{path}: malformed prompt file ({error!r}); see prompts/README.md") from error
-    return PromptFamily(
-        name=name,
-        description=raw.get("description", ""),
-        markers=tuple(raw.get("markers", ())),
-        name_hints=tuple(raw.get("name_hints", ())),
-        stop=tuple(raw.get("stop", ())),
-        prompts=prompts,
-    )
+
+
+def _strings(value: object, path: Path, field: str) -> tuple[str, ...]:
+    """A list of strings of a prompt file (a lone string is a list of one, not of its characters)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    raise PromptFileError(f"{path}: `{field}` must be a list of strings")
+
+
+def _check_plain_fields(template: str, path: Path, kind: str) -> None:
+    """Refuse ``{question!r}`` and ``{question:>9}``: a variable's text goes into the prompt exactly as given."""
+    for _, field, format_spec, conversion in string.Formatter().parse(template):
+        if field is not None and (format_spec or conversion):
+            raise PromptFileError(f"{path}: prompt {kind!r} formats {{{field}}}; write the plain {{{field}}}")
 
 
 @functools.lru_cache(maxsize=1)

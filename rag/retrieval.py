@@ -7,7 +7,8 @@ the lexical ranking with reciprocal rank fusion; every hit carries ``metadata["s
 retrieval), ``metadata["method"]`` (``vector``, ``lexical`` or ``vector+lexical``) and
 ``metadata["rank"]``. Chunks with the same text appear once. Optional: neighbours from
 the same section appended to a hit's text, and score cut-offs (what they cut is in the
-first hit's ``metadata["cut"]``).
+first hit's ``metadata["cut"]``; when no chunk reaches ``min_score`` nothing is returned,
+and ``rag ask`` says it does not know without calling the model).
 
 Example::
 
@@ -32,6 +33,7 @@ from pydantic import ConfigDict
 from rag.embed import embedder_id
 from rag.errors import require_question
 from rag.lexical import LexicalIndex
+from rag.repair import readable_count
 from rag.settings import Settings
 from rag.split import SPLITTER_ID, content_hash, embedding_text
 from rag.store import (
@@ -134,10 +136,13 @@ class RagRetriever(BaseRetriever):
                 entry["score"] = _cosine(vector, embeddings[index]) if embeddings is not None else 0.0
 
     def _cut(self, hits: list[Document]) -> list[Document]:
-        """Drop hits far below the best one (``min_score_ratio``) or below ``min_score``; keep the best always."""
+        """Drop hits below ``min_score`` (all of them, if none reaches it) or far below the best one (``min_score_ratio``)."""
         if not hits or (self.min_score <= 0 and self.min_score_ratio <= 0) or self.method == "lexical":
             return hits
         best = max(hit.metadata["score"] for hit in hits)
+        if self.min_score > 0 and best < self.min_score:
+            logger.info("no chunk reaches min_score %.3f (best %.3f): nothing retrieved", self.min_score, best)
+            return []
         floor = max(self.min_score, best * self.min_score_ratio)
         kept = [hit for index, hit in enumerate(hits) if index == 0 or hit.metadata["score"] >= floor]
         cut = [{"source": hit.metadata.get("source", ""), "score": round(hit.metadata["score"], 4)} for hit in hits if hit not in kept]
@@ -186,19 +191,20 @@ def retriever(settings: Settings | None = None, embeddings: Embeddings | None = 
         EmptyStore: nothing is indexed in the collection.
         IncompatibleCollection: the collection was built with another embedder, or before
             the lexical index existed (rebuild it with ``rag ingest --reindex``).
+        rag.repair.VectorIndexDamaged: a killed process left the vector index half saved
+            (the next ``rag ingest`` rebuilds it).
     """
     settings = settings or Settings()
     k = settings.k if k is None else k
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     collection = collection if collection is not None else open_collection(settings, create=False)
-    if collection is None or collection.count() == 0:
+    if collection is None or readable_count(collection, settings) == 0:  # damaged index files: one line saying so
         raise EmptyStore(f"nothing is indexed yet in collection {settings.collection!r} at {settings.store_path}: run `rag ingest PATH ...` first")
     splitter = read_profile(collection).get("splitter")
     if splitter is not None and splitter != SPLITTER_ID:
         raise IncompatibleCollection(
-            f"collection {settings.collection!r} was split by an older version ({splitter}, not {SPLITTER_ID}: "
-            f"no sections, no lexical index): {REINDEX_HINT}"
+            f"collection {settings.collection!r} was split by another version of rag ({splitter}, not {SPLITTER_ID}): {REINDEX_HINT}"
         )
     method = settings.retrieval
     if method != "lexical" and embeddings is None:

@@ -85,12 +85,15 @@ class Settings(BaseSettings):
     embed_model: str | None = Field(None, description="Embedding GGUF path or gpt4all model name; default all-MiniLM-L6-v2.")
 
     # Ingestion and retrieval
-    chunk_size: int = Field(500, ge=1, description="Characters per chunk.")
+    chunk_size: int = Field(500, ge=1, description="Characters per chunk (larger finds more, but the default 135M model answers worse).")
     chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
     retrieval: Retrieval = Field("hybrid", description="How chunks are found: vector, lexical (BM25) or hybrid (both, fused by rank).")
     neighbours: int = Field(0, ge=0, description="Chunks before and after each hit (same section) added to its text.")
-    min_score: float = Field(0.0, description="Drop hits whose cosine similarity is below this (0: keep all).")
+    min_score: float = Field(
+        0.36,
+        description="Drop hits whose cosine similarity is below this (0: keep all); when none reaches it, `ask` says it does not know.",
+    )
     min_score_ratio: float = Field(0.0, ge=0, le=1, description="Drop hits scoring below this fraction of the best hit (0: keep all).")
     prompt: str | None = Field(
         None,

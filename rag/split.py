@@ -28,7 +28,7 @@ from langchain_core.documents import Document
 from rag.errors import RagError
 
 # Recorded with each collection; bump when the separators or the sectioning change.
-SPLITTER_ID = "sections-v1"
+SPLITTER_ID = "sections-v2"  # v2: a heading alone is never a chunk (found by tests/fuzz)
 LEGACY_SPLITTER_ID = "recursive-v2"  # before issue 15: no sections, the chunk text embedded alone
 SECTION_SEPARATOR = " > "
 
@@ -85,6 +85,7 @@ class _Piece:
     path: tuple[str, ...]
     text: str
     start: int
+    body: int  # where the text under the section's heading begins: a piece ending before it is the heading alone
 
 
 def split_documents(
@@ -129,7 +130,7 @@ def _sections(text: str, kind: str) -> list[_Piece]:
     bounds = [(start, end, level, title) for start, end, level, title in headings]
     first = bounds[0][0] if bounds else len(lines)
     if "".join(lines[:first]).strip():
-        result.append(_Piece((), "".join(lines[:first]), 0))
+        result.append(_Piece((), "".join(lines[:first]), 0, 0))
     for number, (start, end, level, title) in enumerate(bounds):
         stop = bounds[number + 1][0] if number + 1 < len(bounds) else len(lines)
         while stack and stack[-1][0] >= level:
@@ -137,7 +138,7 @@ def _sections(text: str, kind: str) -> list[_Piece]:
         stack.append((level, title))
         body = "".join(lines[end:stop])
         if body.strip():  # a heading with nothing under it lives on in its subsections' paths
-            result.append(_Piece(tuple(name for _, name in stack), "".join(lines[start:stop]), offsets[start]))
+            result.append(_Piece(tuple(name for _, name in stack), "".join(lines[start:stop]), offsets[start], offsets[end]))
     return result
 
 
@@ -189,7 +190,8 @@ def _split_sections(sections: list[_Piece], splitter) -> list[_Piece]:
     for section in sections:
         for part in splitter.create_documents([section.text]):
             if part.page_content.strip():
-                pieces.append(_Piece(section.path, part.page_content, section.start + part.metadata.get("start_index", 0)))
+                start = section.start + part.metadata.get("start_index", 0)
+                pieces.append(_Piece(section.path, part.page_content, start, section.body))
     return pieces
 
 
@@ -199,13 +201,20 @@ def _merge_small(pieces: list[_Piece], chunk_size: int, text: str) -> list[_Piec
     First inside each section (a section's small first piece, often its heading alone, joins
     the piece after it; other small pieces the one before); then consecutive sections pack into
     one chunk while they fit in ``chunk_size`` (as the recursive splitter packs paragraphs), a
-    small one even beyond, under their common heading path.
+    small one even beyond, under their common heading path. A heading alone counts as small
+    whatever its length; one that fits nowhere goes (its title is in the section path).
     """
     minimum, most = max(1, chunk_size // 4), chunk_size * 3 // 2
 
+    def heading_only(piece: _Piece) -> bool:
+        return not text[piece.body : piece.start + len(piece.text)].strip()
+
+    def small(piece: _Piece) -> bool:
+        return len(piece.text) < minimum or heading_only(piece)
+
     def join(first: _Piece, second: _Piece) -> _Piece:
         end = max(first.start + len(first.text), second.start + len(second.text))
-        return _Piece(_common(first.path, second.path), text[first.start : end], first.start)
+        return _Piece(_common(first.path, second.path), text[first.start : end], first.start, first.body)
 
     def span(first: _Piece, second: _Piece) -> int:
         return max(first.start + len(first.text), second.start + len(second.text)) - first.start
@@ -217,12 +226,12 @@ def _merge_small(pieces: list[_Piece], chunk_size: int, text: str) -> list[_Piec
             piece, carry = join(carry, piece), None
         following = pieces[number + 1] if number + 1 < len(pieces) else None
         starts = not inside or inside[-1].path != piece.path
-        if len(piece.text) < minimum and following is not None and following.path == piece.path:
+        if small(piece) and following is not None and following.path == piece.path:
             if starts or span(inside[-1], piece) > most:
                 if span(piece, following) <= most:
                     carry = piece
                     continue
-        if inside and not starts and len(piece.text) < minimum and span(inside[-1], piece) <= most:
+        if inside and not starts and small(piece) and span(inside[-1], piece) <= most:
             inside[-1] = join(inside[-1], piece)
             continue
         inside.append(piece)
@@ -232,12 +241,11 @@ def _merge_small(pieces: list[_Piece], chunk_size: int, text: str) -> list[_Piec
     for piece in inside:
         if packed and packed[-1].path != piece.path:
             last = packed[-1]
-            small = len(piece.text) < minimum or len(last.text) < minimum
-            if span(last, piece) <= (most if small else chunk_size):
+            if span(last, piece) <= (most if small(piece) or small(last) else chunk_size):
                 packed[-1] = join(last, piece)
                 continue
         packed.append(piece)
-    return packed
+    return [piece for piece in packed if not heading_only(piece)]
 
 
 def _common(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:

@@ -25,10 +25,16 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
             f"/Contents {page_ids[index] + 1} 0 R >>".encode()
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    info_id = None
+    info = ""
     if title:
         objects.append(f"<< /Title ({_escape(title)}) >>".encode())
-        info_id = len(objects)
+        info = f"/Info {len(objects)} 0 R"
+    return assemble_pdf(objects, info)
+
+
+def assemble_pdf(objects: list[bytes], trailer_extra: str = "") -> bytes:
+    """A PDF file of ``objects`` (numbered from 1, object 1 the catalog) with a correct xref table;
+    ``trailer_extra`` is added to the trailer dictionary (``/Info 5 0 R``, or a hostile ``/Prev``)."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
@@ -39,8 +45,8 @@ def make_pdf(pages: list[str], title: str | None = None) -> bytes:
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
     for offset in offsets:
         out.write(b"%010d 00000 n \n" % offset)
-    info = f" /Info {info_id} 0 R" if info_id else ""
-    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{info} >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    extra = f" {trailer_extra}" if trailer_extra else ""
+    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{extra} >>\nstartxref\n{xref}\n%%EOF\n".encode())
     return out.getvalue()
 
 

@@ -20,6 +20,7 @@ from langchain_core.language_models.fake import FakeListLLMError
 from rag.answer import Answer, Assistant, NothingToSummarize, Summary, summarize
 from rag.errors import EmptyQuestion
 from rag.budget import ContextOverflow
+from rag.chains import NO_CONTEXT_ANSWER
 from rag.cli import EXIT_ERROR, EXIT_OK, cli
 from rag.errors import LLMBackendError
 from rag.llm import LocalLLM
@@ -62,6 +63,13 @@ def test_ask_returns_the_answer_with_numbered_sources(indexed, fake_embeddings):
     assert all(source.source and source.chunk and source.score is not None for source in answer.sources)
     assert (answer.prompt, answer.model) == ("chatml/rag", "fake-model.gguf")
     assert answer.metadata["budget"]["prompt_tokens"] <= answer.metadata["budget"]["limit"]
+
+
+def test_when_no_chunk_reaches_min_score_the_answer_is_dont_know_without_the_model(indexed, fake_embeddings):
+    strict = indexed.model_copy(update={"min_score": 0.999})
+    answer = assistant_for(strict, fake_embeddings, fake_local([])).ask(LIGHTHOUSE)  # no responses: a call would fail
+    assert answer.answer == NO_CONTEXT_ANSWER and answer.sources == []
+    assert answer.metadata["cut"] == "no chunk reached min_score 0.999"
 
 
 def test_stream_yields_tokens_then_the_answer(indexed, fake_embeddings):

@@ -16,6 +16,7 @@ from langchain_core.runnables import RunnableLambda
 
 from rag.budget import ContextBudget, ContextOverflow
 from rag.chains import (
+    NO_CONTEXT_ANSWER,
     SummarizePrompts,
     build_conversational_qa_chain,
     build_docs_qa_chain,
@@ -70,6 +71,12 @@ def words(n: int, prefix: str = "w") -> str:
 def test_format_docs_numbers_from_start_with_titles():
     text = format_docs([doc("alpha", title="A"), doc("beta", source="b.md", title="")], start=3)
     assert text == "[3] A\nalpha\n\n[4] b.md\nbeta"
+
+
+def test_docs_qa_chain_without_documents_says_it_does_not_know_without_the_model():
+    llm = CountingLLM(responses=["made up"])
+    assert build_docs_qa_chain(get_prompt("chatml"), llm).invoke({"context": [], "question": "Who?"}) == NO_CONTEXT_ANSWER
+    assert llm.calls == 0
 
 
 def test_docs_qa_chain_puts_numbered_docs_and_question_in_the_prompt():
@@ -202,7 +209,7 @@ def test_fallback_uses_how_the_previous_turn_was_understood():
 def test_condense_uses_its_own_llm_when_given():
     answers, rewrites = FakeListLLM(responses=["MPL-2.0 [1]."]), FakeListLLM(responses=["What is the license of QuokkaDB?"])
     chain = build_conversational_qa_chain(
-        RunnableLambda(lambda q: []), get_prompt("chatml"), get_prompt("chatml", "condense"), answers, condense_llm=rewrites
+        RunnableLambda(lambda q: [Document(page_content="QuokkaDB is MPL-2.0.")]), get_prompt("chatml"), get_prompt("chatml", "condense"), answers, condense_llm=rewrites
     )
     history = [HumanMessage("What is QuokkaDB?"), AIMessage("An embedded database.")]
     result = chain.invoke({"question": "And its license?", "history": history})

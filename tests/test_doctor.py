@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from rag.cli import EXIT_ERROR, cli
-from rag.doctor import check_llama_cpp_build, run_checks
+from rag.doctor import check_llama_cpp_build, check_store, reindex_fix, run_checks
 from tests.fake_llama_server import fake_server  # noqa: F401 (a fixture)
 
 DEAD_SERVER = "http://127.0.0.1:9"  # the discard port: nothing listens there
@@ -37,7 +37,7 @@ def by_name(checks) -> dict:
 
 def test_missing_models_fail_with_the_fix_and_the_libraries_pass(no_models):
     checks = by_name(run_checks(no_models))
-    assert list(checks) == ["llm model", "embedding model", "llama.cpp build", "gpt4all"]
+    assert list(checks) == ["llm model", "embedding model", "llama.cpp build", "gpt4all", "store"]
     llm, embedder = checks["llm model"], checks["embedding model"]
     assert not llm.ok and "gone.gguf" in llm.detail and llm.detail.startswith("ModelNotFound") and "make models" in llm.fix
     assert not embedder.ok and "gone-embed.gguf" in embedder.detail and embedder.fix
@@ -67,7 +67,7 @@ def test_cli_exit_status_and_json_list_every_check(run, tmp_path, monkeypatch):
     result = run("doctor", "--model", str(tmp_path / "gone.gguf"), "--server", DEAD_SERVER, "--json")
     assert result.exit_code == EXIT_ERROR
     checks = {check["name"]: check for check in json.loads(result.stdout)}
-    assert {"llm model", "embedding model", "llama.cpp build", "gpt4all", "llama.cpp server"} == set(checks)
+    assert {"llm model", "embedding model", "llama.cpp build", "gpt4all", "llama.cpp server", "store"} == set(checks)
     assert {"name", "ok", "detail", "fix", "required"} == set(checks["llm model"])
 
 
@@ -77,6 +77,38 @@ def test_cli_text_marks_failures_with_their_fix(run, tmp_path, monkeypatch):
     assert result.exit_code == EXIT_ERROR
     assert "FAIL llm model" in result.output and "gone.gguf" in result.output and "fix:" in result.output
     assert "ok   llama.cpp build" in result.output
+
+
+def test_no_store_yet_passes_and_says_how_to_make_one(settings):
+    [store] = check_store(settings)
+    assert store.ok and not store.required and "no store yet" in store.detail and "rag ingest PATH" in store.detail
+
+
+def test_a_damaged_store_file_fails_with_the_reindex_command(settings):
+    settings.store_path.mkdir(parents=True)
+    (settings.store_path / "chroma.sqlite3").write_bytes(b"garbage" * 1000)
+    [store] = check_store(settings)
+    assert not store.ok and store.detail.startswith(str(settings.store_path / "chroma.sqlite3") + ": the Chroma database")
+    assert store.fix == f"rebuild from your sources: rag ingest SOURCES --store {settings.store_path} --reindex (for each collection: --collection NAME)"
+
+
+def test_a_store_being_written_is_not_checked_and_says_why(settings):
+    from rag.store import store_lock
+
+    settings.store_path.mkdir(parents=True)
+    (settings.store_path / "chroma.sqlite3").write_bytes(b"garbage" * 1000)
+    with store_lock(settings, "rag ingest"):
+        [store] = check_store(settings)
+    assert not store.ok and not store.required and store.detail.startswith("not checked: store") and "rag ingest" in store.detail
+
+
+def test_the_fix_names_a_collection_other_than_the_default():
+    assert reindex_fix("/s", "default") == "rebuild from your sources: rag ingest SOURCES --store /s --reindex"
+    assert reindex_fix("/s", "notes") == "rebuild from your sources: rag ingest SOURCES --store /s --collection notes --reindex"
+
+
+def test_a_store_on_a_chroma_server_is_not_checked_here(settings):
+    assert check_store(settings.with_overrides(chroma_url="http://127.0.0.1:9")) == []
 
 
 # --- with the real models (integration) -------------------------------------------------------------

@@ -662,7 +662,7 @@ def test_real_ask_retrieves_exactly_what_search_finds(settings, embeddings, corp
     assistant = assistant_over(settings, embeddings)
     for question in ("When was Kestrel Point Lighthouse first lit?", "What license does QuokkaDB use?"):
         found = [doc for doc, _ in search(question, settings=settings, embeddings=embeddings)]
-        assert len(found) == settings.k and same_chunks(assistant.retriever().invoke(question)) == same_chunks(found)
+        assert 1 <= len(found) <= settings.k and same_chunks(assistant.retriever().invoke(question)) == same_chunks(found)
         assert [source.chunk for source in assistant.ask(question).sources] == [doc.page_content for doc in found]
 
 

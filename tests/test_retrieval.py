@@ -114,8 +114,10 @@ def test_neighbours_bring_the_chunks_around_a_hit_from_its_section(settings, tmp
 def test_cut_offs_drop_far_weaker_chunks_and_say_so(store, fake):
     everything = retriever(store.model_copy(update={"retrieval": "vector"}), fake, k=4).invoke("tomatoes")
     best = everything[0].metadata["score"]
-    strict = retriever(store.model_copy(update={"retrieval": "vector", "min_score": best + 1}), fake, k=4).invoke("tomatoes")
-    assert len(strict) == 1 and len(strict[0].metadata["cut"]) == len(everything) - 1  # the best one always stays
+    relative = retriever(store.model_copy(update={"retrieval": "vector", "min_score_ratio": 1.0}), fake, k=4).invoke("tomatoes")
+    assert len(relative) == 1 and len(relative[0].metadata["cut"]) == len(everything) - 1  # the best one always stays
+    absolute = retriever(store.model_copy(update={"retrieval": "vector", "min_score": max(best, 0) + 0.01}), fake, k=4).invoke("tomatoes")
+    assert absolute == []  # nothing reaches min_score: nothing is retrieved
 
 
 def test_search_is_the_retriever(store, fake):
@@ -149,3 +151,11 @@ def test_real_embedder_hybrid_finds_the_sample_answers(settings, embeddings):
     for question, source in [("When was Kestrel Point Lighthouse first lit?", "kestrel-point-lighthouse.md"), ("Which port does QuokkaDB listen on?", "quokkadb.rst")]:
         docs = retriever(settings, embeddings, k=3).invoke(question)
         assert docs[0].metadata["source"].endswith(source)
+
+
+@pytest.mark.integration
+def test_real_embedder_default_min_score_retrieves_nothing_for_a_question_no_document_touches(settings, embeddings):
+    ingest([SAMPLE_DATA], settings, embeddings)
+    assert settings.min_score > 0  # the default cut-off, measured on the question sets (README: Retrieval)
+    assert retriever(settings, embeddings, k=4).invoke("What is the population of Arran Bay?") == []
+    assert retriever(settings, embeddings, k=4).invoke("Under which license is QuokkaDB released?")

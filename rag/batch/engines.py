@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -54,8 +55,11 @@ class InProcessEngine:
 class ProcessEngine:
     """A child process with its own copy of the model, fed one task at a time over a pipe.
 
-    The child ignores SIGINT: Ctrl-C reaches the parent, which kills its children. A
-    child that dies mid-document fails that document; the next task starts a new one.
+    The child ignores SIGINT and SIGTERM: Ctrl-C (sent to the whole process group) or a
+    SIGTERM reaches the parent, which stops the job and kills its children (see
+    :mod:`rag.signals`); a child whose parent is gone (``kill -9``) exits at once, even
+    mid-document. A child that dies mid-document fails that document; the next task
+    starts a new one.
     """
 
     def __init__(self, factory: LLMFactory, settings: Settings):
@@ -75,7 +79,7 @@ class ProcessEngine:
         context = multiprocessing.get_context("spawn")
         parent, child = context.Pipe()
         self.process = context.Process(target=_engine_child, args=(child, self.factory, self.settings), name="rag-batch-worker", daemon=True)
-        with _sigint_blocked():  # a Ctrl-C while the child starts up is the parent's to handle
+        with _stop_signals_blocked():  # a Ctrl-C or SIGTERM while the child starts up is the parent's to handle
             self.process.start()
         child.close()
         self.conn = parent
@@ -150,16 +154,19 @@ class ProcessEngine:
         self.conn.close()
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the parent's to handle: it stops the job and its children
+
+
 @contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread; a process started meanwhile inherits the block."""
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block SIGINT and SIGTERM in this thread; a process started meanwhile inherits the block."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
     from multiprocessing import resource_tracker
 
-    resource_tracker.ensure_running()  # started later, it would unblock SIGINT in this thread
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    resource_tracker.ensure_running()  # started later, it would unblock these signals in this thread
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         yield
     finally:
@@ -168,9 +175,11 @@ def _sigint_blocked() -> Iterator[None]:
 
 def _engine_child(conn: Any, factory: LLMFactory, settings: Settings) -> None:
     """A worker process: load the model once, then summarize what the parent sends until it sends ``None``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops its children
+    for stop in STOP_SIGNALS:  # the parent handles Ctrl-C and SIGTERM, and stops its children
+        signal.signal(stop, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since start-up; now ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since start-up; now ignored
+    _exit_with_parent()
     try:
         local = factory(settings)
     except Exception as error:  # handed to the parent, which raises it
@@ -187,6 +196,19 @@ def _engine_child(conn: Any, factory: LLMFactory, settings: Settings) -> None:
             return
         spec, task = message
         conn.send(("result", run_task(local, spec, task, None, worker)))
+
+
+def _exit_with_parent() -> None:
+    """End this worker process as soon as its parent is gone (killed with SIGKILL, it could not stop it): no orphan keeps computing."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rag-batch-parent-watch", daemon=True).start()
 
 
 def _portable(error: Exception) -> Exception:

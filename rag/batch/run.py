@@ -29,7 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 class BatchInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the job; ``report`` tells what was finished (and kept) before it."""
+    """Ctrl-C (or SIGTERM, see :mod:`rag.signals`) stopped the job; ``report`` tells what was finished (and kept) before it.
+
+    It is raised from the ``KeyboardInterrupt`` that stopped the job (``__cause__``), so
+    :func:`rag.signals.exit_status` tells Ctrl-C from SIGTERM.
+    """
 
     def __init__(self, report: BatchReport):
         super().__init__("batch summarization interrupted")
@@ -73,7 +77,7 @@ def summarize_batch(
         A :class:`BatchReport`; ``status`` is ``"done"``, ``"partial"`` or ``"failed"``.
 
     Raises:
-        BatchInterrupted: Ctrl-C; finished summaries are kept and ``.report`` says what was done.
+        BatchInterrupted: Ctrl-C or SIGTERM; finished summaries are kept and ``.report`` says what was done.
         BatchError, rag.models.ModelNotFound, rag.llm.LLMBackendError: the job cannot start.
     """
     started = time.perf_counter()
@@ -105,12 +109,13 @@ def summarize_batch(
     report.failures.extend(failures)
     engines = open_executor(settings, workers, servers, llm_factory or load_local_llm, identity, ready)
     job = BatchRun(spec, settings, sources, store_entries, engines, outputs, report, workers, progress)
-    interrupted = completed = False
+    interrupted: KeyboardInterrupt | None = None
+    completed = False
     try:
         job.run()
         completed = True
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stopped:
+        interrupted = stopped
         job.stop_now()
     finally:
         job.close()
@@ -118,13 +123,13 @@ def summarize_batch(
         report.failures.extend(job.failures[number] for number in sorted(job.failures))
         if job.rollup_failure is not None:
             report.failures.append(job.rollup_failure)
-        report.status = "interrupted" if interrupted else _status(report) if completed else "failed"
+        report.status = "interrupted" if interrupted is not None else _status(report) if completed else "failed"
         report.seconds = round(time.perf_counter() - started, 3)
         report.llm_seconds = round(report.llm_seconds, 3)
         outputs.finish(report)
     logger.info("batch: %d of %d documents summarized (%d reused), %d failed", report.done, report.documents, report.reused, len(report.failures))
-    if interrupted:
-        raise BatchInterrupted(report)
+    if interrupted is not None:
+        raise BatchInterrupted(report) from interrupted
     return report
 
 
@@ -301,7 +306,7 @@ class BatchRun:
         self.report.rollup = result.record
 
     def stop_now(self) -> None:
-        """Ctrl-C: stop loading and summarizing now; keep whatever finished meanwhile."""
+        """Ctrl-C or SIGTERM: stop loading and summarizing now; keep whatever finished meanwhile."""
         self.stop.set()
         self.loader.abort()
         self.engines.abort()

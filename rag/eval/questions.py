@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -79,6 +80,7 @@ class QuestionSet:
 
 
 _QUESTION_KEYS = {"id", "question", "sources", "facts", "answerable"}
+_SCALARS = (str, int, float, datetime.date)  # what a phrase, source or id may be written as (bool is an int)
 _FACT_KEYS = {"all_of", "any_of"}
 
 
@@ -100,21 +102,23 @@ def load_questions(path: str | os.PathLike) -> QuestionSet:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise QuestionFileError(f"question file not found: {path}") from error
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError, RecursionError) as error:  # ValueError: not UTF-8, or an int beyond 4,300 digits
         raise QuestionFileError(f"{path} is not valid YAML: {error}") from error
+    except OSError as error:
+        raise QuestionFileError(f"cannot read question file {path}: {error.strerror or error}") from error
     if isinstance(raw, list):
         raw = {"questions": raw}
     if not isinstance(raw, dict) or not isinstance(raw.get("questions"), list) or not raw["questions"]:
         raise QuestionFileError(f"{path}: expected a mapping with a non-empty `questions:` list (see the README, `rag eval`)")
     unknown = set(raw) - {"questions", "corpus"}
     if unknown:
-        raise QuestionFileError(f"{path}: unknown top-level keys {sorted(unknown)}; expected `questions` and `corpus`")
+        raise QuestionFileError(f"{path}: unknown top-level keys {sorted(map(str, unknown))}; expected `questions` and `corpus`")
     questions = tuple(_parse_question(item, number, path) for number, item in enumerate(raw["questions"], start=1))
     ids = [question.id for question in questions]
     duplicates = sorted({item for item in ids if ids.count(item) > 1})
     if duplicates:
         raise QuestionFileError(f"{path}: duplicate question ids {duplicates}")
-    corpus = tuple(_resolve_corpus_item(str(item), path.parent) for item in _as_list(raw.get("corpus"), "corpus", path))
+    corpus = tuple(_resolve_corpus_item(str(item), path) for item in _as_list(raw.get("corpus"), "corpus", path))
     return QuestionSet(questions, corpus, path)
 
 
@@ -124,7 +128,9 @@ def _parse_question(item: Any, number: int, path: Path) -> EvalQuestion:
         raise QuestionFileError(f"{where}: each item needs a `question:` text")
     unknown = set(item) - _QUESTION_KEYS
     if unknown:
-        raise QuestionFileError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_QUESTION_KEYS)}")
+        raise QuestionFileError(f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_QUESTION_KEYS)}")
+    if not isinstance(item.get("id"), (*_SCALARS, type(None))):
+        raise QuestionFileError(f"{where}: `id` must be a text")
     question_id = str(item.get("id") or f"q{number}")
     where = f"{path}: question {question_id!r}"
     answerable = item.get("answerable", True)
@@ -154,16 +160,20 @@ def _parse_facts(raw: Any, where: str) -> Facts:
 
 
 def _as_list(value: Any, name: str, where: Any) -> list:
+    """``value`` as a list of texts and numbers (a lone one is a list of one); ``None`` is an empty list."""
     if value is None:
         return []
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, _SCALARS):
         return [value]
-    if isinstance(value, list):
+    if isinstance(value, list) and all(isinstance(item, _SCALARS) for item in value):
         return value
-    raise QuestionFileError(f"{where}: `{name}` must be a list")
+    raise QuestionFileError(f"{where}: `{name}` must be a text or a list of texts")
 
 
-def _resolve_corpus_item(item: str, base: Path) -> str:
+def _resolve_corpus_item(item: str, path: Path) -> str:
     if is_url(item):
         return item
-    return str((base / Path(item).expanduser()).resolve())
+    try:
+        return str((path.parent / Path(item).expanduser()).resolve())
+    except (OSError, RuntimeError, ValueError) as error:  # "~nosuchuser", a symlink loop, a NUL byte
+        raise QuestionFileError(f"{path}: corpus entry {item!r} is not a usable path: {error}") from error

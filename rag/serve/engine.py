@@ -183,7 +183,8 @@ class GenerationRun:
         work: starts the stream (called in the thread with the run's stop event, which the
             stream must watch: see :class:`StopWhenSet`).
         slot: the model's :class:`GenerationSlot`; released when the thread has finished.
-        gone: an async check, polled while tokens flow, that tells whether the client left.
+        gone: an async check, polled while the request waits for the model and while tokens
+            flow, that tells whether the client left: one that leaves the queue never starts.
     """
 
     POLL_SECONDS = 0.2
@@ -197,8 +198,8 @@ class GenerationRun:
         self.finished = asyncio.Event()
 
     async def start(self) -> None:
-        """Wait for the model (429 when the queue is full), then start the thread."""
-        await self.slot.acquire()
+        """Wait for the model (429 when the queue is full, 499 when the client leaves the queue), then start the thread."""
+        await self.slot.acquire(gone=self.gone)
         loop = asyncio.get_running_loop()
         try:
             threading.Thread(target=self._run, args=(loop,), name="rag-generation", daemon=True).start()

@@ -3,8 +3,8 @@
 Example::
 
     slot = GenerationSlot(queue_size=4)
-    await slot.acquire()          # ApiError(429, Retry-After) when 4 requests already wait
-    ...                           # the model is ours until slot.release()
+    await slot.acquire(gone=request.is_disconnected)   # ApiError 429 (Retry-After) when 4 requests wait, 499 if the client leaves
+    ...                                                # the model is ours until slot.release()
     body = await read_body(request, limit=1_000_000)   # ApiError(413) beyond the limit
 """
 
@@ -15,10 +15,17 @@ import hmac
 import ipaddress
 import math
 import socket
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
 from rag.serve.schemas import ApiError
+
+
+
+def client_gone() -> ApiError:
+    """The error of a request whose client left while it waited for the model (nobody reads it: it ends the request)."""
+    return ApiError(499, "client closed the request while it waited for the model", code="client_closed")
 
 
 class GenerationSlot:
@@ -27,6 +34,8 @@ class GenerationSlot:
     ``seconds_per_run`` (a running mean of how long generations hold the slot) sets the
     ``Retry-After`` of a refused request.
     """
+
+    POLL_SECONDS = 0.1
 
     def __init__(self, queue_size: int):
         self.queue_size = queue_size
@@ -39,8 +48,12 @@ class GenerationSlot:
     def busy(self) -> bool:
         return self._lock.locked()
 
-    async def acquire(self) -> None:
-        """Wait for the model; :class:`ApiError` 429 with ``Retry-After`` when the queue is full."""
+    async def acquire(self, gone: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """Wait for the model; :class:`ApiError` 429 with ``Retry-After`` when the queue is full.
+
+        ``gone`` (the request's ``is_disconnected``) is polled while waiting: a client that
+        leaves the queue gets :class:`ApiError` 499 and never holds the model.
+        """
         if self._lock.locked() and self.waiting >= self.queue_size:
             retry = max(1, math.ceil(self.seconds_per_run * (self.waiting + 1)))
             raise ApiError(
@@ -50,11 +63,25 @@ class GenerationSlot:
                 headers={"Retry-After": str(retry)},
             )
         self.waiting += 1
+        acquiring = asyncio.ensure_future(self._lock.acquire())
         try:
-            await self._lock.acquire()
+            while not acquiring.done():
+                await asyncio.wait({acquiring}, timeout=self.POLL_SECONDS)
+                if not acquiring.done() and gone is not None and await gone():
+                    raise client_gone()
+            if gone is not None and await gone():  # left just as its turn came
+                raise client_gone()
+        except BaseException:
+            self._give_up(acquiring)
+            raise
         finally:
             self.waiting -= 1
         self._held_since = asyncio.get_running_loop().time()
+
+    def _give_up(self, acquiring: asyncio.Future) -> None:
+        """Leave the queue: cancel the wait, or free the model if the wait had already won it."""
+        acquiring.cancel()
+        acquiring.add_done_callback(lambda done: None if done.cancelled() or done.exception() else self._lock.release())
 
     def release(self) -> None:
         """Free the model (called on the event loop once its generation has really stopped)."""

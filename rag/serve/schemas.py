@@ -154,11 +154,13 @@ def encode_embedding(vector: list[float], encoding_format: str) -> list[float] |
 
 
 def parse_json(raw: bytes) -> Any:
-    """The body as JSON, or a 400 in OpenAI's shape."""
+    """The body as JSON, or a 400 in OpenAI's shape (nesting too deep for the parser included)."""
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the request body is not valid JSON: nested too deeply", code="invalid_json") from None
 
 
 def completion_id() -> str:

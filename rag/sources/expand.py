@@ -15,6 +15,7 @@ import fnmatch
 import logging
 import os
 import re
+import stat as stat_kinds
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -81,7 +82,10 @@ def expand_inputs(
     the path relative to the folder given (``docs/*.md``; ``*`` also crosses ``/``).
     Files named directly are taken whatever their type, so that an unsupported one
     is reported. A symbolic link that leads back to itself, named or found in a
-    folder (unless hidden or excluded), is a failure: a symlink loop.
+    folder (unless hidden or excluded), is a failure: a symlink loop. So are, in a
+    folder, a broken link, a named pipe, socket or device with a supported name
+    (reading a pipe or ``/dev/zero`` would never end), a subfolder that cannot be read,
+    and a file or folder whose name is not valid UTF-8 (it could not be recorded).
     """
     found = ExpandedInputs()
     seen: set[str] = set()
@@ -100,14 +104,17 @@ def expand_inputs(
                 found.failures.append(LoadFailure(text, f"not a valid URL: {error}"))
             continue
         path = Path(text).expanduser()
+        if not _is_utf8(os.path.abspath(path)):
+            found.failures.append(LoadFailure(_path_text(os.path.abspath(path)), NOT_UTF8))
+            continue
         if path.is_dir():
             folder = path.resolve()
             found.folders.append(str(folder))
             before = len(found.sources)
-            files, loops = _walk_folder(folder, include, exclude, include_hidden)
+            files, failures = _walk_folder(folder, include, exclude, include_hidden)
             for file in files:
                 add(str(file))
-            found.failures.extend(LoadFailure(str(loop), SYMLINK_LOOP) for loop in loops)
+            found.failures.extend(failures)
             if len(found.sources) == before:
                 found.failures.append(LoadFailure(str(folder), _nothing_found_reason(include, exclude)))
         elif path.exists():
@@ -137,16 +144,22 @@ def iter_files(
     yield from _walk_folder(folder, include, exclude, include_hidden)[0]
 
 
-def _walk_folder(folder: Path, include: Sequence[str], exclude: Sequence[str], include_hidden: bool) -> tuple[list[Path], list[Path]]:
-    """(supported files, resolved and sorted; symlink loops) below ``folder``.
+def _walk_folder(folder: Path, include: Sequence[str], exclude: Sequence[str], include_hidden: bool) -> tuple[list[Path], list[LoadFailure]]:
+    """(supported files, resolved and sorted; the entries that cannot be read, with the reason) below ``folder``.
 
     A link that loops is neither file nor folder, so type and ``include`` cannot say
-    whether it was wanted: every one not hidden or excluded is reported.
+    whether it was wanted: every one not hidden or excluded is reported. Broken links
+    and special files (pipes, sockets, devices) are reported when their name is wanted.
     """
     visited: set[tuple[int, int]] = set()
     results: set[Path] = set()
-    loops: list[Path] = []
-    for root, dirs, files in os.walk(folder, followlinks=True, onerror=lambda error: logger.warning("skipping %s", error)):
+    failures: list[LoadFailure] = []
+
+    def unreadable(error: OSError) -> None:
+        logger.warning("skipping %s", error)
+        failures.append(LoadFailure(_path_text(error.filename or folder), f"cannot read folder: {error.strerror or error}"))
+
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unreadable):
         try:
             stat = os.stat(root)
         except OSError:
@@ -157,12 +170,14 @@ def _walk_folder(folder: Path, include: Sequence[str], exclude: Sequence[str], i
             continue
         visited.add((stat.st_dev, stat.st_ino))
         relative_root = PurePosixPath(Path(root).relative_to(folder).as_posix())
-        dirs[:] = sorted(
+        walked = sorted(
             name
             for name in dirs
             if (include_hidden or not name.startswith("."))
             and not _matches_any(relative_root / name, exclude)
         )
+        failures.extend(LoadFailure(_path_text(Path(root) / name), NOT_UTF8) for name in walked if not _is_utf8(name))
+        dirs[:] = [name for name in walked if _is_utf8(name)]
         for name in sorted(files):
             if not include_hidden and name.startswith("."):
                 continue
@@ -173,15 +188,56 @@ def _walk_folder(folder: Path, include: Sequence[str], exclude: Sequence[str], i
             wanted = Path(name).suffix.lower() in SUPPORTED_SUFFIXES and not (include and not _matches_any(relative, include))
             try:
                 if wanted and path.is_file():
-                    results.add(path.resolve())
+                    resolved = path.resolve()
+                    if _is_utf8(str(resolved)):
+                        results.add(resolved)
+                    else:
+                        failures.append(LoadFailure(_path_text(resolved), NOT_UTF8))
                 elif _is_symlink_loop(path):
-                    loops.append(path)
+                    failures.append(LoadFailure(_path_text(path), SYMLINK_LOOP))
+                elif wanted and (reason := _not_a_file_reason(path)):
+                    failures.append(LoadFailure(_path_text(path), reason))
             except OSError:
                 continue
-    return sorted(results), loops
+    return sorted(results), failures
 
 
 SYMLINK_LOOP = "symlink loop: following the link leads back to it, never to a file or folder"
+NOT_UTF8 = "the name is not valid UTF-8, so it cannot be recorded; rename it (e.g. convmv -f latin1 -t utf8) to index it"
+
+
+def _is_utf8(name: str | os.PathLike) -> bool:
+    """Whether a name read from the file system decodes as UTF-8 (else it holds surrogate escapes, which no store accepts)."""
+    try:
+        os.fspath(name).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _path_text(path: str | os.PathLike) -> str:
+    """``path`` as text that can be printed and stored: bytes that are not UTF-8 written as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+_SPECIAL_KINDS = (
+    (stat_kinds.S_ISFIFO, "a named pipe"),
+    (stat_kinds.S_ISSOCK, "a socket"),
+    (stat_kinds.S_ISCHR, "a character device"),
+    (stat_kinds.S_ISBLK, "a block device"),
+)
+
+
+def _not_a_file_reason(path: Path) -> str | None:
+    """Why ``path`` (found in a folder, not a regular file) cannot be read, or ``None`` for a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"broken symbolic link: its target {os.readlink(path)} does not exist" if path.is_symlink() else None
+    if stat_kinds.S_ISDIR(mode):
+        return None
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "not a file or folder")
+    return f"not a regular file ({kind}), so it is not read"
 
 
 def _is_symlink_loop(path: Path) -> bool:

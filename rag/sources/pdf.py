@@ -10,7 +10,11 @@ def parse_pdf(body: bytes) -> tuple[str | None, list[tuple[int, str]]]:
     import io
 
     from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
+    from pypdf import errors as pdf_errors
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError, PyPdfError
+
+    # pypdf's own guards (decompressed size, stream length, token and array counts, self-references)
+    limit_reached = getattr(pdf_errors, "LimitReachedError", ())
 
     if not body.lstrip()[:5].startswith(b"%PDF-"):
         raise LoadError("not a PDF file (no %PDF- header)")
@@ -40,7 +44,11 @@ def parse_pdf(body: bytes) -> tuple[str | None, list[tuple[int, str]]]:
         raise
     except FileNotDecryptedError:
         raise LoadError("encrypted PDF: it needs a password; save a copy without one to index it") from None
-    except (PdfReadError, PdfStreamError, KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as error:
+    except DependencyError:  # raised when pypdf tries the empty password on an AES-encrypted file
+        raise LoadError("encrypted PDF (AES): opening it needs the cryptography package (pip install 'pypdf[crypto]')") from None
+    except limit_reached as error:
+        raise LoadError(f"PDF over a safety limit of the PDF reader (a compression bomb or a damaged file): {str(error)[:200]}") from None
+    except (PyPdfError, KeyError, ValueError, TypeError, AttributeError, IndexError, RecursionError) as error:
         raise LoadError(f"damaged PDF: {type(error).__name__}: {str(error)[:200]}") from None
     if not pages:
         raise LoadError("no extractable text in the PDF (a scan? OCR it first)")

@@ -22,6 +22,8 @@ _BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+# Python codecs a page or server may name that are no character set: escapes are interpreted, domain names encoded.
+_NOT_CHARSETS = {"unicode-escape", "raw-unicode-escape", "undefined", "idna", "punycode"}
 # What browsers do (WHATWG Encoding): these labels mean windows-1252.
 _WINDOWS_1252_LABELS = {"iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "us-ascii", "ascii", "cp819", "windows-1252", "cp1252"}
 
@@ -49,14 +51,14 @@ def decode_text(raw: bytes, declared: str | None = None) -> tuple[str, str]:
             _refuse_binary(text)
             return text, encoding
     candidates: list[str] = []
-    if declared:
+    if declared and _is_charset(declared.strip().lower()):
         label = declared.strip().lower()
         candidates.append("cp1252" if label in _WINDOWS_1252_LABELS else label)
     candidates.append("utf-8")
     for encoding in candidates:
         try:
             text = raw.decode(encoding)
-        except (UnicodeDecodeError, LookupError):
+        except (ValueError, LookupError):  # UnicodeError is a ValueError; LookupError: a codec that is no text encoding (base64)
             continue
         _refuse_binary(text)
         return text, encoding
@@ -76,6 +78,14 @@ def decode_text(raw: bytes, declared: str | None = None) -> tuple[str, str]:
     text = _strict_decode(raw, encoding)
     _refuse_binary(text)
     return text, encoding
+
+
+def _is_charset(label: str) -> bool:
+    """Whether a declared label names a character set: not an unknown name, nor a codec that rewrites text (``unicode_escape``)."""
+    try:
+        return codecs.lookup(label).name not in _NOT_CHARSETS
+    except (LookupError, ValueError):
+        return False
 
 
 def _strict_decode(raw: bytes, encoding: str) -> str:

@@ -13,6 +13,9 @@ to internal addresses followed by ``requests``) are closed here:
   private ranges only when the caller opts in (``allow_private_network``);
 - connect/read timeouts, an overall deadline and a maximum body size (counted
   after decompression); proxies and ``.netrc`` from the environment are ignored.
+  The deadline also holds while the status line and headers arrive (a server
+  trickling headers forever keeps every read within its timeout): shortly after
+  it passes, the fetch's sockets are shut down.
 
 A re-fetch can be conditional: given the ``ETag`` and ``Last-Modified`` of the last
 fetch, the request carries ``If-None-Match`` / ``If-Modified-Since`` and a server that
@@ -33,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,6 +62,7 @@ ALWAYS_BLOCKED = tuple(
         "0.0.0.0/8",
         "169.254.0.0/16",  # link-local; AWS/GCP/Azure/Oracle metadata 169.254.169.254
         "100.100.100.200/32",  # Alibaba Cloud metadata
+        "192.0.0.192/32",  # Oracle Cloud metadata (older Pythons count it as global)
         "168.63.129.16/32",  # Azure wireserver
         "224.0.0.0/4",
         "240.0.0.0/4",
@@ -71,6 +76,11 @@ ALWAYS_BLOCKED = tuple(
 )
 
 
+# IPv6 ranges whose last 32 bits are an IPv4 address that a host or a NAT64 gateway may
+# reach in its place: IPv4-compatible, IPv4-translated, NAT64 well-known and local-use.
+EMBEDDING_IPV4 = tuple(ipaddress.ip_network(network) for network in ("::/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48"))
+
+
 class FetchError(RagError):
     """A URL could not be fetched; the message says why."""
 
@@ -81,6 +91,9 @@ class BlockedAddress(FetchError):
 
 _SETTINGS = Settings.model_fields  # the defaults below are the settings' defaults, set in one place
 MAX_REDIRECTS = 5  # a limit of the protocol's use, not a setting: browsers stop at about 20, curl at 50
+# The watchdog shuts a fetch's sockets this long after its deadline: the deadline checks between
+# reads act first, and so does the loader process's own limit (the same number of seconds).
+WATCHDOG_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -139,7 +152,7 @@ def check_address(address: str, allow_private_network: bool) -> None:
             ip = ip.ipv4_mapped
         elif ip.sixtofour is not None:
             ip = ip.sixtofour
-        elif ip in ipaddress.ip_network("64:ff9b::/96"):  # NAT64 well-known prefix
+        elif int(ip) > 1 and any(ip in network for network in EMBEDDING_IPV4):  # not :: nor ::1
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     if any(ip in network for network in ALWAYS_BLOCKED):
         raise BlockedAddress(f"refusing to connect to {ip}: link-local, cloud-metadata or reserved address")
@@ -160,12 +173,16 @@ def check_url(url: str, allow_private_network: bool) -> tuple[str, int]:
         raise FetchError(f"unsupported URL scheme {parts.scheme or '(none)'!r} in {url}: only http and https")
     if not parts.hostname:
         raise FetchError(f"no host in URL {url}")
+    connected = _connection_host(url)
+    if connected != _host_key(parts.hostname):
+        # e.g. http://127.0.0.1\@example.org/: checking one host and connecting to the other
+        raise FetchError(f"ambiguous URL {url}: its host reads as {parts.hostname!r} to one URL parser and {connected!r} to another")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as error:
         raise FetchError(f"bad port in URL {url}: {error}") from None
     try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(connected, port, type=socket.SOCK_STREAM)  # the name urllib3 will connect to
     except (socket.gaierror, UnicodeError) as error:
         raise FetchError(f"cannot resolve host {parts.hostname!r}: {error}") from None
     for info in infos:
@@ -176,8 +193,70 @@ def check_url(url: str, allow_private_network: bool) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def _guarded_session(policy: FetchPolicy):
-    """A ``requests`` session whose every new connection checks the peer's address."""
+class _Watchdog:
+    """Shuts down every socket of one fetch once its deadline passes, waking any read blocked on it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
+def _connection_host(url: str) -> str:
+    """The host ``requests`` (urllib3) connects to for ``url``, which may differ from what ``urlsplit`` reads."""
+    from urllib3.exceptions import LocationParseError
+    from urllib3.util import parse_url
+
+    try:
+        host = parse_url(url).host
+    except LocationParseError as error:
+        raise FetchError(f"not a valid URL: {url} ({error})") from None
+    return _host_key(host or "")
+
+
+def _host_key(host: str) -> str:
+    """``host`` as urllib3 writes it: lower case, no brackets, international names IDNA-2008 encoded."""
+    import idna  # a dependency of requests; urllib3 encodes with it
+
+    host = host.strip("[]").lower()
+    if host.isascii():
+        return host
+    try:
+        return idna.encode(host, strict=True, std3_rules=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return host
+
+
+def _guarded_session(policy: FetchPolicy, watchdog: _Watchdog):
+    """A ``requests`` session whose every new connection checks the peer's address and is watched by ``watchdog``."""
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -192,6 +271,7 @@ def _guarded_session(policy: FetchPolicy):
                 except BlockedAddress:
                     sock.close()
                     raise
+                watchdog.watch(sock)
                 return sock
 
         return Checked
@@ -227,12 +307,13 @@ def fetch(url: str, policy: FetchPolicy | None = None, validators: tuple[str | N
     policy = policy or FetchPolicy()
     headers = conditional_headers(validators)
     deadline = time.monotonic() + policy.deadline
-    with _guarded_session(policy) as session:
+    late = FetchError(f"{url} took longer than {policy.deadline:g} s to fetch (redirects included)")
+    with _Watchdog(policy.deadline + WATCHDOG_GRACE) as watchdog, _guarded_session(policy, watchdog) as session:
         current = url
         for _hop in range(policy.max_redirects + 1):
             left = deadline - time.monotonic()
             if left <= 0:
-                raise FetchError(f"{url} took longer than {policy.deadline:g} s to fetch (redirects included)")
+                raise late
             wait = min(policy.timeout, left)  # no hop, nor any read in it, may outlast the deadline
             check_url(current, policy.allow_private_network)
             try:
@@ -243,13 +324,19 @@ def fetch(url: str, policy: FetchPolicy | None = None, validators: tuple[str | N
                 blocked = _find_cause(error, BlockedAddress)
                 if blocked is not None:
                     raise BlockedAddress(f"{current}: {blocked}") from None
+                if watchdog.expired:  # its sockets were shut down mid-answer
+                    raise late from None
                 raise FetchError(f"cannot connect to {current}: {_short(error)}") from None
             except requests.exceptions.Timeout:
-                if wait < policy.timeout:
-                    raise FetchError(f"{url} took longer than {policy.deadline:g} s to fetch (redirects included)") from None
+                if wait < policy.timeout or watchdog.expired:
+                    raise late from None
                 raise FetchError(f"timed out after {policy.timeout:g} s waiting for {current}") from None
             except requests.exceptions.RequestException as error:
+                if watchdog.expired:
+                    raise late from None
                 raise FetchError(f"fetching {current} failed: {_short(error)}") from None
+            except ValueError as error:  # requests parses a redirect's Location before returning: "http://[::1"
+                raise FetchError(f"fetching {current} failed: {_short(error)} (a malformed URL, or a redirect to one)") from None
             with response:
                 if response.status_code in REDIRECT_STATUSES and response.headers.get("Location"):
                     try:
@@ -267,6 +354,8 @@ def fetch(url: str, policy: FetchPolicy | None = None, validators: tuple[str | N
                     old_etag, old_modified = validators or (None, None)
                     return FetchedPage(current, 304, content_type, charset, b"", (sent[0] or old_etag, sent[1] or old_modified))
                 body = _read_limited(response, policy, deadline, current)
+                if watchdog.expired:  # the body ended because its socket was shut down: it is cut short
+                    raise FetchError(f"{current} took longer than {policy.deadline:g} s to download")
                 return FetchedPage(current, response.status_code, content_type, charset, body, sent)
         raise FetchError(f"too many redirects (more than {policy.max_redirects}) from {url}")
 

@@ -8,50 +8,23 @@ a client killed mid-stream, memory over many requests.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from rag.server import free_port
 from rag.settings import Settings
-from tests.conftest import REPO_ROOT, SAMPLE_DATA
+from tests.conftest import SAMPLE_DATA
+from tests.serve.running import running_serve
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "test-key-0123"
 LIGHTHOUSE = "When was Kestrel Point Lighthouse first lit?"
 QUEUE_SIZE = 1
-
-
-class Served:
-    """A running `rag serve`: its URL, process and the models it lists."""
-
-    def __init__(self, url: str, process: subprocess.Popen):
-        self.url = url
-        self.process = process
-        self.headers = {"Authorization": f"Bearer {API_KEY}"}
-        models = requests.get(f"{url}/v1/models", headers=self.headers, timeout=10).json()["data"]
-        self.llm = next(model["id"] for model in models if model["role"] == "llm")
-        self.embedder = next(model["id"] for model in models if model["role"] == "embedding")
-
-    def post(self, path: str, body: object = None, *, headers: dict | None = None, **kwargs) -> requests.Response:
-        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
-        return requests.post(f"{self.url}{path}", data=data, headers={**self.headers, "Content-Type": "application/json", **(headers or {})}, timeout=120, **kwargs)
-
-    def health(self) -> dict:
-        return requests.get(f"{self.url}/health", timeout=10).json()
-
-    def rss_kb(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 @pytest.fixture(scope="module")
@@ -61,32 +34,9 @@ def served(tmp_path_factory, embeddings):
 
     data_dir = tmp_path_factory.mktemp("rag-serve")
     ingest([str(SAMPLE_DATA)], Settings(data_dir=data_dir), embeddings)
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RAG_")}
-    env.update(RAG_DATA_DIR=str(data_dir), RAG_API_KEY=API_KEY, RAG_TEMPERATURE="0", RAG_MAX_TOKENS="32", RAG_K="2")
-    log = (data_dir / "serve.log").open("w")
-    command = [sys.executable, "-m", "rag", "serve", "--port", str(port), "--queue-size", str(QUEUE_SIZE)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"rag serve exited: {(data_dir / 'serve.log').read_text()}"
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "rag serve did not become ready in 120 s"
-            time.sleep(0.2)
-        yield Served(url, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    env = {"RAG_API_KEY": API_KEY, "RAG_TEMPERATURE": "0", "RAG_MAX_TOKENS": "32", "RAG_K": "2"}
+    with running_serve(data_dir, env, ["--queue-size", str(QUEUE_SIZE)]) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")

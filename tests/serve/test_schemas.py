@@ -71,6 +71,13 @@ def test_malformed_json_is_a_400_in_openai_shape():
     assert caught.value.status == 400 and set(body["error"]) == {"message", "type", "param", "code"}
 
 
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff\xfe{}"], ids=["deep-array", "deep-object", "not-utf8"])
+def test_json_the_parser_cannot_take_is_a_400_not_a_crash(raw):
+    with pytest.raises(ApiError) as caught:
+        parse_json(raw)
+    assert caught.value.status == 400 and caught.value.code == "invalid_json"
+
+
 def test_error_types_follow_the_status():
     assert ApiError(429, "busy").type == "rate_limit_error"
     assert ApiError(401, "key").type == "authentication_error"

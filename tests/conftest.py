@@ -28,13 +28,14 @@ SAMPLE_DATA = REPO_ROOT / "data"
 def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never read the developer's RAG_* variables or config file.
 
-    In the fast tier the score cut-off is off (``RAG_MIN_SCORE=0``): fake embeddings have no
-    meaningful cosine similarity. A test of the cut-off sets ``min_score`` itself.
+    Unless a test uses the real embedder (the ``embeddings`` fixture), the score cut-off is
+    off (``RAG_MIN_SCORE=0``): fake embeddings have no meaningful cosine similarity. A test
+    of the cut-off with fakes sets ``min_score`` itself.
     """
     for name in list(os.environ):
         if name.startswith("RAG_"):
             monkeypatch.delenv(name)
-    if not request.node.get_closest_marker("integration"):
+    if "embeddings" not in request.fixturenames:
         monkeypatch.setenv("RAG_MIN_SCORE", "0")
 
 

@@ -46,14 +46,26 @@ def index_damage(settings: Settings) -> list[str]:
     return lines
 
 
-def readable_count(collection, settings: Settings) -> int:
-    """``collection.count()``; raises :class:`VectorIndexDamaged` (with the fix) when Chroma fails on damaged index files."""
+def readable_count(collection, settings: Settings, *, holding_lock: bool = False) -> int:
+    """``collection.count()``; when Chroma fails on damaged index files, :class:`VectorIndexDamaged` (with the fix).
+
+    A reader (``holding_lock`` off) whose read fails while an ingest is writing gets
+    :class:`rag.store.StoreBusy` naming it instead: the files are then in the middle of a save.
+    """
     from chromadb.errors import InternalError
+
+    from rag.store import store_lock
 
     try:
         return collection.count()
     except InternalError as error:
-        damage = index_damage(settings)
+        if settings.chroma_url:  # a server's index files are not ours to check
+            raise
+        if holding_lock:
+            damage = index_damage(settings)
+        else:
+            with store_lock(settings, "rag search (vector index check)"):  # StoreBusy: an ingest is saving the index now
+                damage = index_damage(settings)
         if not damage:
             raise
         raise VectorIndexDamaged(
@@ -77,7 +89,7 @@ def sources_to_rebuild(settings: Settings, client, record) -> list[str]:
     if settings.chroma_url:
         return []
     try:
-        readable_count(client.get_collection(settings.collection), settings)
+        readable_count(client.get_collection(settings.collection), settings, holding_lock=True)
         return []
     except NotFoundError:
         return []

@@ -92,7 +92,8 @@ def main(argv: list[str]) -> None:
         rag.batch.run.load_local_llm = fake_worker_llm
     if wait_for_go:
         print("ready", flush=True)
-        sys.stdin.readline()
+        if not sys.stdin.readline():  # stdin closed: the test ended without letting it go
+            return
     sys.argv = ["rag", *argv]
     rag.cli.main()
 

@@ -52,7 +52,7 @@ def chunk_texts(folder: Path) -> set[str]:
     """The chunks an ingest makes of the documents in ``folder``: one per paragraph, the heading joined to the first."""
     texts = set()
     for path in folder.glob("*.md"):
-        heading, first, *rest = path.read_text(encoding="utf-8").strip().split("\n\n")
+        heading, first, *rest = [part.strip() for part in path.read_text(encoding="utf-8").split("\n\n")]  # the splitter strips chunks
         texts |= {f"{heading}\n\n{first}", *rest}
     return texts
 
@@ -141,6 +141,14 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def command_line(pid: int) -> str:
+    """The command line of process ``pid`` ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def still_running(pids: set[int], grace: float = 10.0) -> set[int]:
     """Those of ``pids`` still running (not gone, not zombies) after up to ``grace`` seconds."""
     deadline = time.monotonic() + grace
@@ -170,6 +178,9 @@ class StoreSnapshot:
     lexical_ids: set[str]  # the lexical (FTS5) index
     sources: dict[str, tuple[str, int]]  # the source record: source -> (state, chunks)
 
+    def texts(self) -> set[str]:
+        return {text for text, _ in self.chunks.values()}
+
     def problems(self) -> list[str]:
         """What is inconsistent within the store: the two indexes disagree, a source is left pending, counts differ."""
         found = []
@@ -189,7 +200,7 @@ class StoreSnapshot:
 def snapshot(data_dir: Path, vectors: bool = True) -> StoreSnapshot:
     """Read the store of ``data_dir``: Chroma, the lexical index and the source record (then let go of Chroma's client).
 
-    Without ``vectors`` only what :meth:`StoreSnapshot.problems` needs is read (no texts, no vectors).
+    Without ``vectors`` the stored vectors are not read (``vectors`` is then empty).
     """
     from chromadb.api.shared_system_client import SharedSystemClient
 
@@ -198,9 +209,8 @@ def snapshot(data_dir: Path, vectors: bool = True) -> StoreSnapshot:
 
     settings = Settings(data_dir=data_dir)
     try:
-        found = open_collection(settings).get(include=["documents", "metadatas", "embeddings"] if vectors else ["metadatas"])
-        texts = found["documents"] if vectors else [""] * len(found["ids"])
-        chunks = {id_: (text, metadata) for id_, text, metadata in zip(found["ids"], texts, found["metadatas"])}
+        found = open_collection(settings).get(include=["documents", "metadatas", *(["embeddings"] if vectors else [])])
+        chunks = {id_: (text, metadata) for id_, text, metadata in zip(found["ids"], found["documents"], found["metadatas"])}
         stored = {id_: [float(x) for x in vector] for id_, vector in zip(found["ids"], found["embeddings"])} if vectors else {}
         with LexicalIndex(settings.store_path, settings.collection) as index:
             lexical_ids = index.ids()

@@ -24,7 +24,7 @@ from rag.signals import EXIT_INTERRUPTED, EXIT_TERMINATED
 from tests.batch.conftest import fake_server  # noqa: F401 (the fixture)
 from tests.batch.fakes import no_temporaries, read_jsonl
 from tests.conftest import REPO_ROOT
-from tests.reliability.ingest_processes import FAKE_RAG, descendants, still_running
+from tests.reliability.ingest_processes import FAKE_RAG, command_line, descendants, still_running
 
 pytestmark = pytest.mark.integration  # the CLI as real processes, stopped by signals
 
@@ -136,7 +136,8 @@ def test_worker_processes_end_with_their_job_whether_sigterm_kill_9_or_ctrl_c_st
         try:
             wait_for_records(out, len(kept) + 2, process)
             children = descendants(process.pid)
-            assert len(children) >= 2, "expected two worker processes"
+            workers = [pid for pid in children if "multiprocessing.spawn" in command_line(pid)]
+            assert len(workers) == 2, f"expected two worker processes, found {workers} among {children}"
             if stop == "sigterm":
                 process.send_signal(signal.SIGTERM)
             elif stop == "kill-9":

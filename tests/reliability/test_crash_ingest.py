@@ -24,6 +24,7 @@ import pytest
 from rag.signals import EXIT_TERMINATED
 from tests.reliability.ingest_processes import (
     change_corpus,
+    chunk_texts,
     descendants,
     finish,
     ingest_to_completion,
@@ -56,7 +57,7 @@ def test_sigkill_at_seeded_random_points_then_rerun_equals_a_clean_run(tmp_path)
     finish(process)
     writing = (time.monotonic() - first) * (int(FILES * CHANGED) + 1) / FILES  # a round writes this share of the chunks
     started, landed, rounds, orphans, repaired = time.monotonic(), [], 0, set(), 0
-    to_kill = start_ingest(killed, corpus, wait_for_go=True)  # each process starts up while the one before runs
+    to_kill = rerun = start_ingest(killed, corpus, wait_for_go=True)  # each process starts up while the one before runs
     try:
         while len(landed) < KILLS and rounds < MAX_ROUNDS:
             rounds += 1
@@ -77,11 +78,13 @@ def test_sigkill_at_seeded_random_points_then_rerun_equals_a_clean_run(tmp_path)
             report = finish(rerun)
             assert report["failures"] == []
             repaired += report["reindexed"]  # the kill left Chroma's index half saved: the re-run rebuilt it (rag.repair)
-            problems = snapshot(killed, vectors=False).problems()
-            assert not problems, f"round {rounds}: {problems}"
+            store = snapshot(killed, vectors=False)
+            assert not store.problems(), f"round {rounds}: {store.problems()}"
+            assert store.texts() == chunk_texts(corpus), f"round {rounds}: the store does not hold the corpus's chunks"
     finally:
-        to_kill.kill()
-        to_kill.communicate()
+        for process in (to_kill, rerun):
+            process.kill()
+            process.communicate()
     print(
         f"{len(landed)} kills landed in {rounds} rounds (writing time {writing:.1f} s) at {landed} s; "
         f"{repaired} left Chroma's index half saved and were rebuilt; {time.monotonic() - started:.1f} s"

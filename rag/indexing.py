@@ -47,7 +47,7 @@ from rag.retrieval import hit_to_dict, search  # noqa: F401 (rag.indexing.search
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
 from rag.sources.process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
 from rag.settings import Settings
-from rag.split import build_splitter, embedding_text, splitter_profile
+from rag.split import build_splitter, embedding_text, first_words, splitter_profile
 from rag.store import (
     EmptyStore,
     IncompatibleCollection,
@@ -196,7 +196,7 @@ class _IngestRun:
         self.embeddings = embeddings
         self.report = report
         self.options = LoadOptions.from_settings(settings)
-        self.profile = {"embedder": embedder_id(embeddings), **splitter_profile(settings.chunk_size, settings.chunk_overlap)}
+        self.profile = {"embedder": embedder_id(embeddings), **splitter_profile(settings.chunk_size, settings.chunk_overlap, settings.embed_words)}
         self.client = open_client(settings)
         self.collection = None
         self.record = open_record(settings, self.client)
@@ -335,8 +335,10 @@ class _IngestRun:
         missing: dict[str, str] = {}
         for digest, text, metadata in zip(hashes, texts, metadatas):
             if digest not in vectors:
-                missing.setdefault(digest, embedding_text(text, metadata))  # title and section path in front
-        found, embedded = embed_missing(self.embeddings, missing, self.settings.store_path, str(self.profile["embedder"]))
+                # title and section path in front, cut to the words the embedder is given
+                missing.setdefault(digest, first_words(embedding_text(text, metadata), self.settings.embed_words))
+        cache_key = str(self.profile["embedder"]) + (f" words:{self.settings.embed_words}" if self.settings.embed_words else "")
+        found, embedded = embed_missing(self.embeddings, missing, self.settings.store_path, cache_key)
         if found:
             self._check_dimension(len(next(iter(found.values()))))
         vectors.update(found)

@@ -302,6 +302,30 @@ def test_other_splitter_settings_are_refused_before_embedding(settings, corpus, 
     assert counting.texts == 0
 
 
+class RecordingEmbeddings(CountingEmbeddings):
+    """A counting embedder that keeps the texts it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.given: list[str] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.given.extend(texts)
+        return super().embed_documents(texts)
+
+
+def test_the_embedder_sees_the_first_embed_words_and_the_keyword_index_every_word(settings, corpus):
+    recording = RecordingEmbeddings()
+    ingest([corpus], settings.with_overrides(embed_words=12), recording)
+    assert recording.given and max(len(text.split()) for text in recording.given) == 12
+    longest = max(texts(settings), key=lambda text: len(text.split()))
+    assert len(longest.split()) > 12
+    hits = search(" ".join(longest.split()[-3:]), 10, settings.with_overrides(retrieval="lexical"), recording)
+    assert longest in [doc.page_content for doc, _ in hits]  # found by words the embedder never saw
+    with pytest.raises(IncompatibleCollection, match=r"embed_words 12 \(this ingest: 0\)"):
+        ingest([corpus], settings.with_overrides(embed_words=0), recording)
+
+
 def test_other_embedder_is_refused_before_embedding(settings, corpus, counting):
     ingest([corpus], settings, counting)
     other = CountingEmbeddings(size=32)

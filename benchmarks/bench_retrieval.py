@@ -213,7 +213,7 @@ def scale_latency(embeddings, workdir: Path, target: int, questions: list[dict])
     from rag import Settings
     from rag.lexical import LexicalIndex
     from rag.retrieval import retriever
-    from rag.split import embedding_text
+    from rag.split import chunk_heading
     from rag.store import open_collection
 
     source = Settings(data_dir=workdir / "rag-git", allow_private_network=True)
@@ -229,7 +229,7 @@ def scale_latency(embeddings, workdir: Path, target: int, questions: list[dict])
         ids = [f"{copy}-{chunk_id}" for chunk_id in base["ids"][:take]]
         metadatas = [{**metadata, "source": f"{metadata['source']}#{copy}"} for metadata in base["metadatas"][:take]]
         collection.upsert(ids=ids, embeddings=[list(v) for v in base["embeddings"][:take]], documents=base["documents"][:take], metadatas=metadatas)
-        lexical.add((i, m["source"], embedding_text(t, m)) for i, m, t in zip(ids, metadatas, base["documents"][:take]))
+        lexical.add((i, m["source"], t, chunk_heading(m)) for i, m, t in zip(ids, metadatas, base["documents"][:take]))
     lexical.mark_clean()
     lexical.close()
     build = time.perf_counter() - started

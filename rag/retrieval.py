@@ -35,7 +35,7 @@ from rag.errors import require_question
 from rag.lexical import LexicalIndex
 from rag.repair import readable_count
 from rag.settings import Settings
-from rag.split import SPLITTER_ID, content_hash, embedding_text
+from rag.split import SPLITTER_ID, content_hash
 from rag.store import (
     REINDEX_HINT,
     EmptyStore,
@@ -243,7 +243,7 @@ def open_lexical(settings: Settings, collection) -> LexicalIndex:
     if index.dirty or index.count() != collection.count():
         try:
             with store_lock(settings, "rag search (lexical index recovery)"):
-                index.reconcile(collection, embedding_text)
+                index.reconcile(collection)
         except StoreBusy:
             logger.info("an ingest is writing the store; searching while it runs")
     if index.count() == 0:

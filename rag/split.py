@@ -66,14 +66,19 @@ def embedding_text(text: str, metadata: dict) -> str:
 
     Chunks without a ``section`` key (made before sections existed) are embedded as they are.
     """
+    heading = chunk_heading(metadata)
+    return f"{heading}\n\n{text}" if heading else text
+
+
+def chunk_heading(metadata: dict) -> str:
+    """A chunk's page title and section path (``Title > Section > Subsection``); ``""`` without a ``section`` key."""
     if "section" not in metadata:
-        return text
+        return ""
     title = str(metadata.get("title") or "").strip()
     path = [part for part in str(metadata.get("section") or "").split(SECTION_SEPARATOR) if part]
     if title and path and _same_heading(path[0], title):
         path = path[1:]
-    heading = SECTION_SEPARATOR.join([title, *path] if title else path)
-    return f"{heading}\n\n{text}" if heading else text
+    return SECTION_SEPARATOR.join([title, *path] if title else path)
 
 
 def first_words(text: str, limit: int) -> str:

@@ -12,7 +12,7 @@ def index(tmp_path):
     with LexicalIndex(tmp_path, "docs") as opened:
         opened.add(
             [
-                ("mv", "git-mv", "git-mv\n\nUse git mv -k to skip renames that would fail."),
+                ("mv", "git-mv", "Use git mv -k to skip renames that would fail.", "git-mv"),
                 ("re", "python-re", "re.sub(pattern, repl) replaces; *? is the lazy quantifier."),
                 ("cafe", "menu", "Le café crème est servi chaud."),
                 ("jp", "guide", "日本語のテキストを検索する"),
@@ -76,7 +76,7 @@ def test_reconcile_makes_the_ids_exactly_the_vector_indexs(index):
     index.mark_dirty()
     assert index.dirty
     collection = FakeCollection({"mv": ("git mv", {"source": "git-mv"}), "new": ("brand new chunk", {"source": "n"})})
-    assert index.reconcile(collection, lambda text, metadata: text) == (1, 4)
+    assert index.reconcile(collection) == (1, 4)
     assert index.ids() == {"mv", "new"} and not index.dirty
     assert index.search("brand", 3)[0][0] == "new"
 
@@ -87,3 +87,27 @@ def test_collections_are_separate_and_drop_empties_one(tmp_path, index):
         other.drop()
         assert other.count() == 0
     assert index.count() == 5
+
+
+def test_a_heading_term_weighs_more_than_the_same_term_in_the_text(tmp_path):
+    with LexicalIndex(tmp_path, "docs") as index:
+        index.add([("body", "a", "Prune the worktree entries here.", "git-gc"), ("head", "b", "Remove stale entries here.", "git-worktree > prune")])
+        assert [chunk_id for chunk_id, _ in index.search("prune worktree", 2)] == ["head", "body"]
+
+
+def test_an_index_of_one_column_is_rebuilt_from_the_vector_index(tmp_path):
+    import sqlite3
+
+    from rag.lexical import LEXICAL_FILE
+
+    old = sqlite3.connect(tmp_path / LEXICAL_FILE)
+    old.execute('CREATE TABLE "docs:ids" (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, source TEXT NOT NULL)')
+    old.execute("""CREATE VIRTUAL TABLE "docs:fts" USING fts5(terms)""")
+    old.execute("""INSERT INTO "docs:ids" VALUES (1, 'mv', 'git-mv')""")
+    old.execute("""INSERT INTO "docs:fts" (rowid, terms) VALUES (1, 'git mv')""")
+    old.commit()
+    old.close()
+    with LexicalIndex(tmp_path, "docs") as index:
+        assert index.count() == 0  # emptied, so the next search or ingest reconciles it
+        index.reconcile(FakeCollection({"mv": ("git mv", {"source": "git-mv", "section": "OPTIONS", "title": "git-mv"})}))
+        assert index.search("options", 1)[0][0] == "mv"  # the heading is indexed

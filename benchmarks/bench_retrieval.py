@@ -18,6 +18,11 @@ Rows, all with the default embedder and 500-character chunks, in one run:
 - ``hybrid``: the same store, vector and BM25 fused by reciprocal rank;
 - ``hybrid + neighbours``: each hit with one chunk before and after it from its section.
 
+With ``--answers``, the default model answers every question (unanswerable ones included)
+from the top 4 of the context before issue 15 (old splitter, vector, no cut-off) and of
+today's default retriever: fact recall (the question's phrase in the answer, whole and
+word by word) and the don't-know rate.
+
 Columns: hit@1, hit@4, MRR (first hit within the top 10), chunks stored, ingest seconds
 (model already loaded), query latency p50/p95 (what ``retriever.invoke`` costs) and the
 same without the query embedding. Last, hybrid query latency at 20,000 chunks (the git
@@ -25,7 +30,7 @@ chunks copied with new ids), the query embedding excluded and reported beside it
 
 When the pages are missing it prints the install command and exits 0. Run::
 
-    python benchmarks/bench_retrieval.py [--corpora git,postgres] [--scale 20000] [--json OUT]
+    python benchmarks/bench_retrieval.py [--corpora git,postgres] [--scale 20000] [--answers] [--json OUT]
 """
 
 from __future__ import annotations
@@ -146,7 +151,7 @@ def naive_guide(urls: list[str], questions: list[dict], embeddings, folder: Path
     return row
 
 
-def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool = True) -> dict:
+def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool = True, answers: bool = False) -> dict:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -203,9 +208,47 @@ def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool
         ]:
             chosen = settings.model_copy(update=overrides)
             rows[label] = {**score(questions, timed_retriever(retriever(chosen, embeddings, k=TOP))), **stored}
+        if answers:
+            print(f"{name}: answers with the default model ...", flush=True)
+            before = RagRetriever(collection=collection, embeddings=embeddings, k=4, method="vector")
+            answer_rows = answer_quality(data["questions"], {"context before issue 15": before, "default context": retriever(settings, embeddings)}, settings)
     finally:
         site.close()
-    return {"corpus": name, "package": data["package"], "pages": len(data["pages"]), "questions": len(questions), "rows": rows}
+    result = {"corpus": name, "package": data["package"], "pages": len(data["pages"]), "questions": len(questions), "rows": rows}
+    if answers:
+        result["answers"] = answer_rows
+    return result
+
+
+def answer_quality(all_questions: list[dict], retrievers: dict, settings) -> dict:
+    """Answers of the default model from each retriever's top 4: fact recall and the don't-know rate.
+
+    A question's fact is its phrase: *phrase found* counts answers holding it whole, *phrase
+    words* the share of its words (3 letters or more) the answer holds, averaged. *don't know*
+    is the share of unanswerable questions the answer declines (``rag eval``'s test).
+    """
+    from rag import Assistant
+    from rag.eval.metrics import contains_phrase, says_dont_know
+
+    assistant = Assistant(settings.model_copy(update={"max_tokens": 96}))
+    rows = {}
+    for label, chosen in retrievers.items():
+        found, shares, declined, unanswerable = 0, [], 0, 0
+        for question in all_questions:
+            answer = assistant.answer_from(question["question"], chosen.invoke(question["question"])).answer
+            if not question.get("answerable", True):
+                unanswerable += 1
+                declined += says_dont_know(answer)
+                continue
+            found += contains_phrase(answer, question["phrase"])
+            words = [word for word in re.findall(r"\w+", question["phrase"].casefold()) if len(word) >= 3] or [question["phrase"].casefold()]
+            shares.append(sum(word in answer.casefold() for word in words) / len(words))
+        rows[label] = {
+            "phrase_found": round(found / len(shares), 3),
+            "phrase_words": round(statistics.mean(shares), 3),
+            "dont_know": round(declined / unanswerable, 3) if unanswerable else None,
+        }
+    return rows
 
 
 def scale_latency(embeddings, workdir: Path, target: int, questions: list[dict]) -> dict:
@@ -262,6 +305,10 @@ def print_corpus(result: dict) -> None:
             f"{label:22}{row['hit_at_1']:>7}{row['hit_at_4']:>7}{row['mrr']:>7}{row['chunks']:>8}{row['ingest_s']:>9}"
             f"{row['p50_ms']:>8}{row['p95_ms']:>8}{shown(row['p50_no_embed_ms']):>9}{shown(row['p95_no_embed_ms']):>9}"
         )
+    if "answers" in result:
+        print(f"{'answers (default model, top 4)':32}{'phrase found':>14}{'phrase words':>14}{'dont know':>11}")
+        for label, row in result["answers"].items():
+            print(f"{label:32}{row['phrase_found']:>14}{row['phrase_words']:>14}{str(row['dont_know']):>11}")
     for label, row in result["rows"].items():
         if row["misses_at_4"]:
             print(f"  missed at 4 by {label}: {', '.join(row['misses_at_4'])}")
@@ -273,6 +320,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=20000, help="chunks for the latency-at-scale row (0: skip)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-naive", action="store_true", help="leave out the naive guide row (the slowest to build)")
+    parser.add_argument("--answers", action="store_true", help="also answer every question with the default model from the context before issue 15 and today's (minutes)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     sets = {name: yaml.safe_load(QUESTION_FILES[name].read_text()) for name in args.corpora.split(",")}
@@ -289,7 +337,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as folder:
         workdir = Path(folder)
         for name, data in sets.items():
-            results[name] = run_corpus(name, data, embeddings, workdir, naive_row=not args.skip_naive)
+            results[name] = run_corpus(name, data, embeddings, workdir, naive_row=not args.skip_naive, answers=args.answers)
             print_corpus(results[name])
         if args.scale and "git" in sets:
             questions = [q for q in sets["git"]["questions"] if q.get("answerable", True)]

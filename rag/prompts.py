@@ -21,13 +21,16 @@ import logging
 import string
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
-from langchain_core.prompts import BasePromptTemplate, PromptTemplate
 
 from rag.atomic import write_atomic
 from rag.errors import RagError
 from rag.resources import resource_dir
+
+if TYPE_CHECKING:  # langchain_core.prompts takes most of a second to import: only where a template is built
+    from langchain_core.prompts import BasePromptTemplate, PromptTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class PromptSpec:
         return f"{self.family}/{self.kind}"
 
     def to_template(self) -> PromptTemplate:
+        from langchain_core.prompts import PromptTemplate
+
         return PromptTemplate(template=self.template, input_variables=list(self.variables))
 
     def render(self, **values: str) -> str:
@@ -113,8 +118,7 @@ def _read_family(path: Path) -> PromptFamily:
             template = spec["template"]
             if not isinstance(kind, str) or not isinstance(template, str) or not all(item.isidentifier() for item in declared):
                 raise PromptFileError(f"{path}: prompt {kind!r} needs a name, a `template` text and `variables` that are names")
-            _check_plain_fields(template, path, kind)
-            used = set(PromptTemplate.from_template(template).input_variables)
+            used = _plain_fields(template, path, kind)
             if used != set(declared):
                 raise PromptFileError(
                     f"{path}: prompt {kind!r} declares variables {sorted(declared)} but its template uses {sorted(used)}"
@@ -145,11 +149,18 @@ def _strings(value: object, path: Path, field: str) -> tuple[str, ...]:
     raise PromptFileError(f"{path}: `{field}` must be a list of strings")
 
 
-def _check_plain_fields(template: str, path: Path, kind: str) -> None:
-    """Refuse ``{question!r}`` and ``{question:>9}``: a variable's text goes into the prompt exactly as given."""
+def _plain_fields(template: str, path: Path, kind: str) -> set[str]:
+    """The variables of an f-string template; refuses ``{question!r}`` and ``{question:>9}``.
+
+    A variable's text goes into the prompt exactly as given.
+    """
+    fields = set()
     for _, field, format_spec, conversion in string.Formatter().parse(template):
         if field is not None and (format_spec or conversion):
             raise PromptFileError(f"{path}: prompt {kind!r} formats {{{field}}}; write the plain {{{field}}}")
+        if field is not None:
+            fields.add(field)
+    return fields
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,6 +255,7 @@ def _hub_cache_file(name: str, cache_dir: Path) -> Path:
 def _load_prompt_manifest(manifest: dict, origin: str) -> BasePromptTemplate:
     """Deserialize a hub manifest, allowing langchain_core objects only, and insist on a prompt."""
     from langchain_core.load import load
+    from langchain_core.prompts import BasePromptTemplate
 
     try:
         prompt = load(manifest, allowed_objects="core")

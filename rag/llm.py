@@ -29,14 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-
-from langchain_core.language_models import LanguageModelLike
-from langchain_core.language_models.llms import BaseLLM
+from typing import TYPE_CHECKING
 
 from rag.errors import LLMBackendError
 from rag.models import model_prompt_family, read_gguf_metadata, resolve_llm_path
 from rag.prompts import choose_family, get_family, get_spec
 from rag.settings import Settings
+
+if TYPE_CHECKING:  # langchain_core.language_models takes most of a second to import; a backend imports it when built
+    from langchain_core.language_models import LanguageModelLike
+    from langchain_core.language_models.llms import BaseLLM
 
 __all__ = [
     "BackendCheck",

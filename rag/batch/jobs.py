@@ -18,14 +18,14 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from langchain_core.prompts import BasePromptTemplate, PromptTemplate
-
-from rag.chains import SummarizePrompts
 from rag.errors import RagError
 from rag.llm import LLMIdentity, LocalLLM, identify_llm, load_local_llm, server_settings
 from rag.settings import Settings
+
+if TYPE_CHECKING:  # LangChain's prompt classes are imported only when a job has something to summarize
+    from rag.chains import SummarizePrompts
 
 RECORD_VERSION = 1
 """Part of every key: bump when what a record holds changes meaning, so old records are redone."""
@@ -52,7 +52,7 @@ class JobSpec:
     def build(cls, identity: LLMIdentity, settings: Settings, max_words: int | None) -> JobSpec:
         from rag.sources import LoadOptions
 
-        prompts = summarize_prompts(identity.family, max_words)
+        templates = summarize_templates(identity.family, max_words)
         knobs = {
             "n_ctx": identity.n_ctx,
             "max_tokens": identity.max_tokens,
@@ -64,7 +64,7 @@ class JobSpec:
             "loader": LoadOptions.from_settings(settings).signature,
             "max_words": max_words,
         }
-        prompt_hash = digest([prompt.template for prompt in (prompts.stuff, prompts.map, prompts.reduce)])[:16]
+        prompt_hash = digest(list(templates))[:16]
         return cls(identity.model, identity.backend, identity.family, prompt_hash, knobs, max_words)
 
     @property
@@ -92,22 +92,26 @@ class JobSpec:
         return summarize_prompts(self.family, self.max_words)
 
 
+def summarize_templates(family: str, max_words: int | None = None) -> tuple[str, str, str]:
+    """A family's stuff, map and reduce template texts; with ``max_words`` the final two ask for that length."""
+    from rag.prompts import get_spec
+
+    instruction = f"\n\nWrite at most {max_words} words." if max_words else ""
+
+    def final(template: str) -> str:
+        return template.replace("{docs}", "{docs}" + instruction, 1) if instruction else template
+
+    stuff, map_, reduce = (get_spec(family, kind).template for kind in ("summarize", "map", "reduce"))
+    return final(stuff), map_, final(reduce)
+
+
 def summarize_prompts(family: str, max_words: int | None = None) -> SummarizePrompts:
-    """A family's stuff/map/reduce prompts; with ``max_words`` the final prompts ask for that length."""
-    prompts = SummarizePrompts.for_family(family)
-    if not max_words:
-        return prompts
-    instruction = f"Write at most {max_words} words."
-    return SummarizePrompts(
-        stuff=_with_instruction(prompts.stuff, instruction), map=prompts.map, reduce=_with_instruction(prompts.reduce, instruction)
-    )
+    """A family's stuff/map/reduce prompts (:func:`summarize_templates` as LangChain prompts)."""
+    from langchain_core.prompts import PromptTemplate
 
+    from rag.chains import SummarizePrompts
 
-def _with_instruction(prompt: BasePromptTemplate, instruction: str) -> BasePromptTemplate:
-    template = getattr(prompt, "template", None)
-    if not isinstance(template, str) or "{docs}" not in template:
-        return prompt
-    return PromptTemplate(template=template.replace("{docs}", "{docs}\n\n" + instruction, 1), input_variables=list(prompt.input_variables))
+    return SummarizePrompts(*(PromptTemplate.from_template(template) for template in summarize_templates(family, max_words)))
 
 
 def identify_model(

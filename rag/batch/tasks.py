@@ -2,7 +2,7 @@
 
 :func:`run_task` runs a task on a loaded model and returns a :class:`TaskResult`:
 the record, or the reason it failed (never raised), or "stopped" when the job is
-stopping. A :class:`CallMeter` times every LLM call, keeps its prompts and outputs
+stopping. A :class:`rag.batch.meter.CallMeter` times every LLM call, keeps its prompts and outputs
 for the token counts, and stops a call at its next token once the job stops.
 
 Example::
@@ -21,12 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 
 from rag.batch.jobs import RECORD_VERSION, JobSpec
 from rag.budget import ContextBudget
-from rag.chains import build_summarize_chain
 from rag.citations import cite_points, strip_markers, unique_citations
 from rag.errors import RagError
 from rag.llm import LocalLLM
@@ -93,47 +91,6 @@ def limit_words(text: str, max_words: int | None) -> tuple[str, bool]:
     return prefix.rstrip(" ,;:") + "…", True
 
 
-class CallMeter(BaseCallbackHandler):
-    """Times every LLM call, keeps its prompt and output, and stops it when the job stops."""
-
-    raise_error = True
-
-    def __init__(self, stop: threading.Event | None):
-        self.stop = stop
-        self.seconds = 0.0
-        self.prompts: list[str] = []
-        self.outputs: list[str] = []
-        self._started: dict[Any, float] = {}
-        self._lock = threading.Lock()
-
-    def _check(self) -> None:
-        if self.stop is not None and self.stop.is_set():
-            raise JobStopping("the batch job is stopping")
-
-    def on_llm_start(self, serialized: dict, prompts: list[str], *, run_id: Any, **kwargs: Any) -> None:
-        self._check()
-        with self._lock:
-            self._started[run_id] = time.perf_counter()
-            self.prompts.extend(prompts)
-
-    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
-        self._check()
-
-    def on_llm_end(self, response: Any, *, run_id: Any, **kwargs: Any) -> None:
-        self._finish(run_id)
-        with self._lock:
-            self.outputs.extend(generation.text for generations in response.generations for generation in generations)
-
-    def on_llm_error(self, error: BaseException, *, run_id: Any, **kwargs: Any) -> None:
-        self._finish(run_id)
-
-    def _finish(self, run_id: Any) -> None:
-        with self._lock:
-            started = self._started.pop(run_id, None)
-            if started is not None:
-                self.seconds += time.perf_counter() - started
-
-
 def run_task(local: LocalLLM, spec: JobSpec, task: DocumentTask | RollupTask, stop: threading.Event | None, worker: str) -> TaskResult:
     """Summarize one document (or the rollup); failures come back as a reason, never raised."""
     stage = "rollup" if isinstance(task, RollupTask) else "summarize"
@@ -157,6 +114,9 @@ def run_task(local: LocalLLM, spec: JobSpec, task: DocumentTask | RollupTask, st
 
 
 def _summarize(local: LocalLLM, spec: JobSpec, docs: list[Document], stop: threading.Event | None) -> dict:
+    from rag.batch.meter import CallMeter  # LangChain's callbacks and chains load only when there is work
+    from rag.chains import build_summarize_chain
+
     chain = build_summarize_chain(spec.prompts(), local.llm, ContextBudget.from_llm(local))
     meter = CallMeter(stop)
     state = chain.invoke(docs, config={"callbacks": [meter]})

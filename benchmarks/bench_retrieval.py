@@ -19,8 +19,8 @@ Rows, all with the default embedder and 500-character chunks, in one run:
 - ``hybrid + neighbours``: each hit with one chunk before and after it from its section.
 
 With ``--answers``, the default model answers every question (unanswerable ones included)
-from the top 4 of the context before issue 15 (old splitter, vector, no cut-off) and of
-today's default retriever: fact recall (the question's phrase in the answer, whole and
+from the top 4 of the context before issue 15 (old splitter, vector, no cut-off, best
+chunk first) and of today's default retriever, best chunk first and last: fact recall (the question's phrase in the answer, whole and
 word by word) and the don't-know rate.
 
 Columns: hit@1, hit@4, MRR (first hit within the top 10), chunks stored, ingest seconds
@@ -211,7 +211,12 @@ def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool
         if answers:
             print(f"{name}: answers with the default model ...", flush=True)
             before = RagRetriever(collection=collection, embeddings=embeddings, k=4, method="vector")
-            answer_rows = answer_quality(data["questions"], {"context before issue 15": before, "default context": retriever(settings, embeddings)}, settings)
+            contexts = {
+                "context before issue 15": (before, "best_first"),
+                "default context, best first": (retriever(settings, embeddings), "best_first"),
+                "default context (best last)": (retriever(settings, embeddings), "best_last"),
+            }
+            answer_rows = answer_quality(data["questions"], contexts, settings)
     finally:
         site.close()
     result = {"corpus": name, "package": data["package"], "pages": len(data["pages"]), "questions": len(questions), "rows": rows}
@@ -221,7 +226,7 @@ def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool
 
 
 def answer_quality(all_questions: list[dict], retrievers: dict, settings) -> dict:
-    """Answers of the default model from each retriever's top 4: fact recall and the don't-know rate.
+    """Answers of the default model from each ``(retriever, context_order)``'s top 4: fact recall and the don't-know rate.
 
     A question's fact is its phrase: *phrase found* counts answers holding it whole, *phrase
     words* the share of its words (3 letters or more) the answer holds, averaged. *don't know*
@@ -230,9 +235,11 @@ def answer_quality(all_questions: list[dict], retrievers: dict, settings) -> dic
     from rag import Assistant
     from rag.eval.metrics import contains_phrase, says_dont_know
 
-    assistant = Assistant(settings.model_copy(update={"max_tokens": 96}))
     rows = {}
-    for label, chosen in retrievers.items():
+    local_llm = None
+    for label, (chosen, order) in retrievers.items():
+        assistant = Assistant(settings.model_copy(update={"max_tokens": 96, "context_order": order}), local_llm=local_llm)
+        local_llm = assistant.local_llm
         found, shares, declined, unanswerable = 0, [], 0, 0
         for question in all_questions:
             answer = assistant.answer_from(question["question"], chosen.invoke(question["question"])).answer
@@ -306,9 +313,9 @@ def print_corpus(result: dict) -> None:
             f"{row['p50_ms']:>8}{row['p95_ms']:>8}{shown(row['p50_no_embed_ms']):>9}{shown(row['p95_no_embed_ms']):>9}"
         )
     if "answers" in result:
-        print(f"{'answers (default model, top 4)':32}{'phrase found':>14}{'phrase words':>14}{'dont know':>11}")
+        print(f"{'answers (default model, top 4)':36}{'phrase found':>14}{'phrase words':>14}{'dont know':>11}")
         for label, row in result["answers"].items():
-            print(f"{label:32}{row['phrase_found']:>14}{row['phrase_words']:>14}{str(row['dont_know']):>11}")
+            print(f"{label:36}{row['phrase_found']:>14}{row['phrase_words']:>14}{str(row['dont_know']):>11}")
     for label, row in result["rows"].items():
         if row["misses_at_4"]:
             print(f"  missed at 4 by {label}: {', '.join(row['misses_at_4'])}")

@@ -214,6 +214,11 @@ class Assistant:
         return prompt
 
     @property
+    def best_last(self) -> bool:
+        """Whether the answer prompt prints the best chunk last, nearest the question (``Settings.context_order``)."""
+        return self.settings.context_order == "best_last"
+
+    @property
     def qa_llm(self) -> Runnable:
         """The LLM as it answers questions: with the QA task's stops (a summary has none)."""
         return self.local_llm.for_task("rag")
@@ -231,7 +236,7 @@ class Assistant:
 
     def retrieval_chain(self) -> Runnable[str, dict]:
         """The retrieval QA chain this assistant runs, for composing your own pipelines."""
-        return build_retrieval_qa_chain(self.retriever(), self.qa_prompt, self.qa_llm, self.budget)
+        return build_retrieval_qa_chain(self.retriever(), self.qa_prompt, self.qa_llm, self.budget, best_last=self.best_last)
 
     def retriever(self) -> Runnable[str, list[Document]]:
         """The retriever of ``ask`` and ``chat``: the same chunks ``rag search`` and ``rag eval`` get."""
@@ -255,7 +260,7 @@ class Assistant:
         """Like :meth:`stream`, but answer from the given documents (best first) instead of the store."""
         require_question(question)
         chain = build_context_fitter(self.qa_prompt, self.budget) | RunnablePassthrough.assign(
-            answer=build_docs_qa_chain(self.qa_prompt, self.qa_llm)
+            answer=build_docs_qa_chain(self.qa_prompt, self.qa_llm, best_last=self.best_last)
         )
         yield from self._answer(chain, {"question": question, "context": list(docs)}, question)
 
@@ -372,6 +377,7 @@ class ChatSession:
             assistant.qa_llm,
             assistant.budget,
             condense_llm=assistant.local_llm.for_task("condense"),
+            best_last=assistant.best_last,
         )
         window = self.history[-2 * self.history_turns :] if self.history_turns else []
         answer: Answer | None = None

@@ -50,6 +50,16 @@ def format_docs(docs: Sequence[Document], start: int = 1) -> str:
     )
 
 
+def format_context(docs: Sequence[Document], best_last: bool = True) -> str:
+    """The passages of an answer prompt, numbered by rank ([1] the best); with ``best_last`` the best is printed last.
+
+    Last is nearest the question, where SmolLM2-135M uses it best (measured with
+    ``benchmarks/bench_retrieval.py``'s question sets: more of each answer's phrase found).
+    """
+    parts = [format_docs([doc], start=number) for number, doc in enumerate(docs, start=1)]
+    return "\n\n".join(reversed(parts) if best_last else parts)
+
+
 def format_history(messages: Sequence[BaseMessage]) -> str:
     """A chat history as ``User: ...`` / ``Assistant: ...`` lines for the condense prompt."""
     speaker = {"human": "User", "ai": "Assistant"}
@@ -76,14 +86,17 @@ def build_retriever(store, k: int = 4, settings=None) -> Runnable[str, list[Docu
 NO_CONTEXT_ANSWER = "I don't know: no passage of the indexed documents matches the question closely enough."
 
 
-def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike) -> Runnable[dict, str]:
-    """QA over given documents: ``{"context": [Document], "question": str}`` -> answer text.
+def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike, *, best_last: bool = True) -> Runnable[dict, str]:
+    """QA over given documents, best first: ``{"context": [Document], "question": str}`` -> answer text.
+
+    The prompt prints them with :func:`format_context` (``best_last``: the best nearest the question).
 
     With no documents (nothing retrieved reached ``min_score``) the answer is
     :data:`NO_CONTEXT_ANSWER`, without calling the model: a small model given no context
     makes an answer up.
     """
-    answer = RunnablePassthrough.assign(context=RunnablePick("context") | RunnableLambda(format_docs)) | prompt | llm | StrOutputParser()
+    context = RunnablePick("context") | RunnableLambda(lambda docs: format_context(docs, best_last), name="format_context")
+    answer = RunnablePassthrough.assign(context=context) | prompt | llm | StrOutputParser()
     return RunnableBranch((lambda inputs: not inputs.get("context"), RunnableLambda(lambda _: NO_CONTEXT_ANSWER, name="no_context")), answer)
 
 
@@ -110,6 +123,8 @@ def build_retrieval_qa_chain(
     prompt: BasePromptTemplate,
     llm: LanguageModelLike,
     budget: ContextBudget | None = None,
+    *,
+    best_last: bool = True,
 ) -> Runnable[str, dict]:
     """Retrieval QA: question -> ``{"question", "context", "budget", "answer"}``.
 
@@ -123,7 +138,7 @@ def build_retrieval_qa_chain(
     if budget is not None:
         retrieve = build_question_check(prompt, budget) | retrieve
     fitted = retrieve | _fitter(prompt, budget)
-    return fitted | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+    return fitted | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm, best_last=best_last))
 
 
 def build_question_check(prompt: BasePromptTemplate, budget: ContextBudget) -> Runnable[str, str]:
@@ -224,6 +239,7 @@ def build_conversational_qa_chain(
     budget: ContextBudget | None = None,
     *,
     condense_llm: LanguageModelLike | None = None,
+    best_last: bool = True,
 ) -> Runnable[dict, dict]:
     """Conversational QA: ``{"question", "history": [messages]}`` -> ``{"asked", "question", "condense", "context", "budget", "answer"}``.
 
@@ -240,7 +256,7 @@ def build_conversational_qa_chain(
         lambda state: {"asked": state["asked"], **state["standalone"]}, name="standalone_question"
     )
     retrieve = RunnablePassthrough.assign(context=itemgetter("question") | retriever)
-    chain = prepare | retrieve | _fitter(prompt, budget) | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm))
+    chain = prepare | retrieve | _fitter(prompt, budget) | RunnablePassthrough.assign(answer=build_docs_qa_chain(prompt, llm, best_last=best_last))
     if budget is None:
         return chain
     check = build_question_check(prompt, budget)

@@ -23,6 +23,7 @@ from rag.chains import (
     build_retrieval_qa_chain,
     build_stuff_chain,
     build_summarize_chain,
+    format_context,
     format_docs,
 )
 from rag.prompts import get_prompt
@@ -85,6 +86,15 @@ def test_docs_qa_chain_puts_numbered_docs_and_question_in_the_prompt():
     assert "[1] Lighthouse\nThe lamp was lit in 1871." in prompt
     assert "Question: When?<|im_end|>" in prompt
     assert prompt.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_the_best_chunk_is_printed_nearest_the_question_and_keeps_number_one():
+    docs = [doc("best passage", title="A"), doc("second passage", title="B")]
+    prompt = build_docs_qa_chain(get_prompt("chatml"), EchoLLM()).invoke({"context": docs, "question": "Which?"})
+    assert prompt.index("[2] B\nsecond passage") < prompt.index("[1] A\nbest passage") < prompt.index("Question: Which?")
+    first = build_docs_qa_chain(get_prompt("chatml"), EchoLLM(), best_last=False).invoke({"context": docs, "question": "Which?"})
+    assert first.index("[1] A\nbest passage") < first.index("[2] B\nsecond passage")
+    assert format_context(docs, best_last=False) == format_docs(docs)
 
 
 def test_retrieval_qa_returns_answer_and_sources_and_streams_tokens():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -42,8 +43,14 @@ def test_ctrl_c_while_waiting_for_the_server_stops_it(server):
         signal.pthread_kill(main, signal.SIGINT)
 
     threading.Thread(target=interrupt_once_spawned, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        server.start()
+    # A KeyboardInterrupt raised inside a garbage-collector callback (hypothesis installs one)
+    # is printed and dropped by Python; CI met that once. No collection, no callback.
+    gc.disable()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            server.start()
+    finally:
+        gc.enable()
 
     assert server.process is not None and server.process.poll() is not None
     assert _gone(server.process.pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -220,3 +221,12 @@ def test_summarize_lists_each_failure_before_the_error_when_nothing_loads(run, t
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines[0].startswith("failed: ") and "gone.md" in lines[0]
     assert lines[1] == "error: nothing to summarize: no input could be loaded"
+
+
+@pytest.mark.integration  # a real process reading the real model files
+def test_read_only_commands_end_without_teardown_and_keep_output_and_status(settings, tmp_path):
+    env = {**os.environ, "RAG_DATA_DIR": str(settings.data_dir)}
+    models = subprocess.run([sys.executable, "-m", "rag", "models", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert models.returncode == 0 and json.loads(models.stdout)  # the whole JSON arrives
+    empty = subprocess.run([sys.executable, "-m", "rag", "search", "lighthouse"], capture_output=True, text=True, env=env, timeout=120)
+    assert empty.returncode == EXIT_ERROR and empty.stderr.count("error:") == 1 and "rag ingest" in empty.stderr

@@ -21,7 +21,7 @@ import click
 from rag.cli_options import backend_options, comma_list, executor_options, folder_options, json_option, model_options, serve_options, setting_help, store_options
 from rag.errors import EmptyQuestion, LLMBackendError, RagError
 from rag.settings import Settings
-from rag.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, exit_status, stop_on_sigterm
+from rag.signals import EXIT_INTERRUPTED, EXIT_TERMINATED, exit_status, run_ending_quickly, stop_on_sigterm
 
 # Exit statuses (documented in the README).
 EXIT_OK = 0
@@ -494,29 +494,6 @@ def eval_command(
         sys.exit(EXIT_PARTIAL if report.status == "partial" else EXIT_NOTHING_DONE)
 
 
-# Commands that write nothing a later process needs flushed at exit (each SQLite write is committed
-# when made): they skip the interpreter's teardown, 0.3-0.4 s after `rag ask` has printed its answer.
-READ_ONLY_COMMANDS = frozenset({"ask", "search", "models", "sources"})
-
-
 def main() -> None:
     stop_on_sigterm()  # SIGTERM stops every command as cleanly as Ctrl-C
-    try:
-        cli(prog_name="rag")
-    except SystemExit as done:
-        if READ_ONLY_COMMANDS.intersection(sys.argv[1:2]):
-            exit_now(done.code)
-        raise
-
-
-def exit_now(code: int | str | None) -> None:
-    """End the process at once with ``code`` (as ``sys.exit`` reads it), output flushed, no teardown."""
-    if isinstance(code, str):
-        click.echo(code, err=True)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
-            pass
-    logging.shutdown()
-    os._exit(code if isinstance(code, int) else (1 if code else 0))
+    run_ending_quickly(cli)

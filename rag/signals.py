@@ -1,4 +1,4 @@
-"""Stopping on a signal: SIGTERM stops a command the way Ctrl-C does, with its own exit status.
+"""How a command stops: SIGTERM the way Ctrl-C does, with its own exit status; read-only commands at once.
 
 Ctrl-C raises ``KeyboardInterrupt`` in the main thread; every long run (ingest, a batch job,
 ``rag serve``) already stops cleanly on it and keeps what it finished. :func:`stop_on_sigterm`
@@ -14,11 +14,18 @@ Example::
         run()
     except KeyboardInterrupt as stopped:
         sys.exit(exit_status(stopped))
+
+:func:`run_ending_quickly` runs the command-line group; a read-only command (``ask``,
+``search``, ``models``, ``sources``) then ends without the interpreter's teardown, which
+took 0.3-0.4 s after ``rag ask`` had printed its answer.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -64,3 +71,30 @@ def was_terminated(error: BaseException | None) -> bool:
 def exit_status(error: BaseException) -> int:
     """The exit status for a run stopped by ``error``: 143 after SIGTERM, else 130 (Ctrl-C)."""
     return EXIT_TERMINATED if was_terminated(error) else EXIT_INTERRUPTED
+
+
+# Commands that leave nothing for the interpreter's teardown to flush (each SQLite write is committed when made).
+READ_ONLY_COMMANDS = frozenset({"ask", "search", "models", "sources"})
+
+
+def run_ending_quickly(group) -> None:
+    """Run a click ``group`` as ``rag``; a read-only command exits once its output is flushed."""
+    try:
+        group(prog_name="rag")
+    except SystemExit as done:
+        if READ_ONLY_COMMANDS.intersection(sys.argv[1:2]):
+            exit_now(done.code)
+        raise
+
+
+def exit_now(code: int | str | None) -> None:
+    """End the process at once with ``code`` (as ``sys.exit`` reads it), output flushed, no teardown."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written anyway
+            pass
+    logging.shutdown()
+    os._exit(code if isinstance(code, int) else (1 if code else 0))

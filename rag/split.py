@@ -82,7 +82,7 @@ def chunk_heading(metadata: dict) -> str:
 
 
 def first_words(text: str, limit: int) -> str:
-    """``text`` cut to its first ``limit`` words (``0``: all of it), words joined by single spaces.
+    """``text`` cut to its first ``limit`` words, joined by single spaces; unchanged when shorter (or ``limit`` is 0).
 
     What the embedder is given of a chunk (``Settings.embed_words``): all-MiniLM-L6-v2's
     cost grows faster than its input, and on the retrieval benchmark its first 48 words

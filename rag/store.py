@@ -171,7 +171,7 @@ def check_profile(collection, wanted: dict[str, object], what: str = "ingest") -
             f"model made its vectors: {REINDEX_HINT}"
         )
     differences = [
-        f"{key} {recorded.get(key)!r} (this {what}: {value!r})"
+        f"{key} {recorded[key]!r} (this {what}: {value!r})" if key in recorded else f"no {key} (an older version built it; this {what}: {value!r})"
         for key, value in wanted.items()
         if recorded.get(key) != value
     ]

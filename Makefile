@@ -70,8 +70,9 @@ browser:
 models: setup
 	$(BIN)/rag doctor
 
+# The demo store is rebuilt when an upgrade changed how chunks are cut or embedded (refused without --reindex).
 demo: models
-	$(BIN)/rag ingest data/ --store $(DEMO_STORE)
+	$(BIN)/rag ingest data/ --store $(DEMO_STORE) || $(BIN)/rag ingest data/ --store $(DEMO_STORE) --reindex
 	$(BIN)/rag ask "$(DEMO_QUESTION)" --store $(DEMO_STORE)
 
 test: models setup-test browser

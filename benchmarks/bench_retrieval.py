@@ -213,8 +213,8 @@ def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool
             before = RagRetriever(collection=collection, embeddings=embeddings, k=4, method="vector")
             contexts = {
                 "context before issue 15": (before, "best_first"),
-                "default context, best first": (retriever(settings, embeddings), "best_first"),
-                "default context (best last)": (retriever(settings, embeddings), "best_last"),
+                "default context (best first)": (retriever(settings, embeddings), "best_first"),
+                "default context, best last": (retriever(settings, embeddings), "best_last"),
             }
             answer_rows = answer_quality(data["questions"], contexts, settings)
     finally:

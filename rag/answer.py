@@ -215,7 +215,7 @@ class Assistant:
 
     @property
     def best_last(self) -> bool:
-        """Whether the answer prompt prints the best chunk last, nearest the question (``Settings.context_order``)."""
+        """Whether the answer prompt prints the best chunk last, nearest the question (``Settings.context_order``; default first)."""
         return self.settings.context_order == "best_last"
 
     @property

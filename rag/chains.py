@@ -50,11 +50,12 @@ def format_docs(docs: Sequence[Document], start: int = 1) -> str:
     )
 
 
-def format_context(docs: Sequence[Document], best_last: bool = True) -> str:
+def format_context(docs: Sequence[Document], best_last: bool = False) -> str:
     """The passages of an answer prompt, numbered by rank ([1] the best); with ``best_last`` the best is printed last.
 
-    Last is nearest the question, where SmolLM2-135M uses it best (measured with
-    ``benchmarks/bench_retrieval.py``'s question sets: more of each answer's phrase found).
+    Last is nearest the question: with SmolLM2-135M, answers to ``benchmarks/bench_retrieval.py``'s
+    questions held more of their phrase, but answers on ``data/`` grew longer and cited less
+    (see the README), so first is the default.
     """
     parts = [format_docs([doc], start=number) for number, doc in enumerate(docs, start=1)]
     return "\n\n".join(reversed(parts) if best_last else parts)
@@ -86,7 +87,7 @@ def build_retriever(store, k: int = 4, settings=None) -> Runnable[str, list[Docu
 NO_CONTEXT_ANSWER = "I don't know: no passage of the indexed documents matches the question closely enough."
 
 
-def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike, *, best_last: bool = True) -> Runnable[dict, str]:
+def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike, *, best_last: bool = False) -> Runnable[dict, str]:
     """QA over given documents, best first: ``{"context": [Document], "question": str}`` -> answer text.
 
     The prompt prints them with :func:`format_context` (``best_last``: the best nearest the question).
@@ -124,7 +125,7 @@ def build_retrieval_qa_chain(
     llm: LanguageModelLike,
     budget: ContextBudget | None = None,
     *,
-    best_last: bool = True,
+    best_last: bool = False,
 ) -> Runnable[str, dict]:
     """Retrieval QA: question -> ``{"question", "context", "budget", "answer"}``.
 
@@ -239,7 +240,7 @@ def build_conversational_qa_chain(
     budget: ContextBudget | None = None,
     *,
     condense_llm: LanguageModelLike | None = None,
-    best_last: bool = True,
+    best_last: bool = False,
 ) -> Runnable[dict, dict]:
     """Conversational QA: ``{"question", "history": [messages]}`` -> ``{"asked", "question", "condense", "context", "budget", "answer"}``.
 

@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
     retrieval: Retrieval = Field("hybrid", description="How chunks are found: vector, lexical (BM25) or hybrid (both, fused by rank).")
     context_order: ContextOrder = Field(
-        "best_last",
-        description="Where the best chunk goes in the answer prompt: last, nearest the question, or first; [1] is the best either way.",
+        "best_first",
+        description="Where the best chunk goes in the answer prompt: first, or last (nearest the question); [1] is the best either way.",
     )
     neighbours: int = Field(0, ge=0, description="Chunks before and after each hit (same section) added to its text.")
     min_score: float = Field(

@@ -88,13 +88,13 @@ def test_docs_qa_chain_puts_numbered_docs_and_question_in_the_prompt():
     assert prompt.rstrip().endswith("<|im_start|>assistant")
 
 
-def test_the_best_chunk_is_printed_nearest_the_question_and_keeps_number_one():
+def test_the_best_chunk_can_be_printed_nearest_the_question_and_keeps_number_one():
     docs = [doc("best passage", title="A"), doc("second passage", title="B")]
-    prompt = build_docs_qa_chain(get_prompt("chatml"), EchoLLM()).invoke({"context": docs, "question": "Which?"})
-    assert prompt.index("[2] B\nsecond passage") < prompt.index("[1] A\nbest passage") < prompt.index("Question: Which?")
-    first = build_docs_qa_chain(get_prompt("chatml"), EchoLLM(), best_last=False).invoke({"context": docs, "question": "Which?"})
+    last = build_docs_qa_chain(get_prompt("chatml"), EchoLLM(), best_last=True).invoke({"context": docs, "question": "Which?"})
+    assert last.index("[2] B\nsecond passage") < last.index("[1] A\nbest passage") < last.index("Question: Which?")
+    first = build_docs_qa_chain(get_prompt("chatml"), EchoLLM()).invoke({"context": docs, "question": "Which?"})
     assert first.index("[1] A\nbest passage") < first.index("[2] B\nsecond passage")
-    assert format_context(docs, best_last=False) == format_docs(docs)
+    assert format_context(docs) == format_docs(docs)
 
 
 def test_retrieval_qa_returns_answer_and_sources_and_streams_tokens():

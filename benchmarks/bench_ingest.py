@@ -37,6 +37,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -313,20 +314,22 @@ def embedded_texts(settings) -> list[str]:
     return list(texts.values())
 
 
-_VOCABULARY = []
-
-
 def count_tokens(texts: list[str]) -> int:
     """Word pieces of ``texts`` by the embedder's own vocabulary (llama.cpp reads it from the GGUF)."""
-    if not _VOCABULARY:
-        import llama_cpp
+    vocabulary = embedder_vocabulary()
+    return sum(len(vocabulary.tokenize(text.encode("utf-8"), add_bos=False)) for text in texts)
 
-        from rag.embed import embedding_model_file
-        from rag.settings import Settings
 
-        name, folder, _ = embedding_model_file(Settings())
-        _VOCABULARY.append(llama_cpp.Llama(model_path=str(folder / name), vocab_only=True, verbose=False))
-    return sum(len(_VOCABULARY[0].tokenize(text.encode("utf-8"), add_bos=False)) for text in texts)
+@functools.lru_cache(maxsize=1)
+def embedder_vocabulary():
+    """The default embedder's GGUF loaded for its vocabulary only."""
+    import llama_cpp
+
+    from rag.embed import embedding_model_file
+    from rag.settings import Settings
+
+    name, folder, _ = embedding_model_file(Settings())
+    return llama_cpp.Llama(model_path=str(folder / name), vocab_only=True, verbose=False)
 
 
 def print_figures(figures: dict) -> None:

@@ -5,12 +5,13 @@ reStructuredText are first cut into sections at their headings; each section is 
 with the kind's ``RecursiveCharacterTextSplitter`` (code fences, rules, paragraphs,
 lines, words), and a chunk under a minimum size merges with its neighbour (never a
 heading-only chunk). Each chunk's ``section`` metadata is its heading path
-(``Tutorial > 12. Virtual Environments > 12.2 Creating``); :func:`embedding_text` puts
-the page title and that path in front of the chunk for lexical indexing and, cut to its
-first words (:func:`first_words`), for embedding, while the chunk text itself is what is
-shown and cited. Header-link marks (``¶``) go.
-Plain text and PDF pages have no sections and are cut at paragraphs, lines, then words.
-Every chunk carries ``start_index`` and ``chunk_hash`` (SHA-256 of its embedded text).
+(``Tutorial > 12. Virtual Environments > 12.2 Creating``). :func:`chunk_heading` is the
+page title and that path; :func:`embedding_text` puts it in front of the chunk, and the
+embedder gets that text's first words (:func:`first_words`), while the keyword index keeps
+heading and chunk apart. The chunk text itself is what is shown and cited. Header-link
+marks (``¶``) go. Plain text and PDF pages have no sections and are cut at paragraphs,
+lines, then words. Every chunk carries ``start_index`` and ``chunk_hash`` (SHA-256 of its
+:func:`embedding_text`).
 
 Example::
 
@@ -62,9 +63,10 @@ def build_splitter(kind: str, chunk_size: int = 500, chunk_overlap: int = 0):
 
 
 def embedding_text(text: str, metadata: dict) -> str:
-    """What is embedded and lexically indexed for a chunk: title and section path, then the text.
+    """A chunk's heading (title and section path), then its text: what its vector is computed from.
 
     Chunks without a ``section`` key (made before sections existed) are embedded as they are.
+    The embedder is given its first ``Settings.embed_words`` words (:func:`first_words`).
     """
     heading = chunk_heading(metadata)
     return f"{heading}\n\n{text}" if heading else text

@@ -20,8 +20,8 @@ Rows, all with the default embedder and 500-character chunks, in one run:
 
 With ``--answers``, the default model answers every question (unanswerable ones included)
 from the top 4 of the context before issue 15 (old splitter, vector, no cut-off, best
-chunk first) and of today's default retriever, best chunk first and last: fact recall (the question's phrase in the answer, whole and
-word by word) and the don't-know rate.
+chunk first) and of today's default retriever, best chunk first and last: fact recall
+(the question's phrase in the answer, whole and word by word) and the don't-know rate.
 
 Columns: hit@1, hit@4, MRR (first hit within the top 10), chunks stored, ingest seconds
 (model already loaded), query latency p50/p95 (what ``retriever.invoke`` costs) and the
@@ -211,10 +211,11 @@ def run_corpus(name: str, data: dict, embeddings, workdir: Path, naive_row: bool
         if answers:
             print(f"{name}: answers with the default model ...", flush=True)
             before = RagRetriever(collection=collection, embeddings=embeddings, k=4, method="vector")
+            default = retriever(settings, embeddings)
             contexts = {
                 "context before issue 15": (before, "best_first"),
-                "default context (best first)": (retriever(settings, embeddings), "best_first"),
-                "default context, best last": (retriever(settings, embeddings), "best_last"),
+                "default context (best first)": (default, "best_first"),
+                "default context, best last": (default, "best_last"),
             }
             answer_rows = answer_quality(data["questions"], contexts, settings)
     finally:

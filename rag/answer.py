@@ -284,6 +284,8 @@ class Assistant:
             metadata["standalone_question"] = state["question"]
             metadata["condense"] = state["condense"]
         context = state.get("context", [])
+        if context and context[0].metadata.get("unmentioned"):
+            metadata["unmentioned"] = context[0].metadata["unmentioned"]  # named by the question, in no chunk
         if context and context[0].metadata.get("cut"):
             metadata["cut"] = context[0].metadata["cut"]  # the chunks the score cut-offs dropped
         elif not context and "context" in state:

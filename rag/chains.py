@@ -87,6 +87,20 @@ def build_retriever(store, k: int = 4, settings=None) -> Runnable[str, list[Docu
 NO_CONTEXT_ANSWER = "I don't know: no passage of the indexed documents matches the question closely enough."
 
 
+def unmentioned_answer(names: Sequence[str]) -> str:
+    """The answer to a question naming what the documents never mention (``metadata["unmentioned"]`` of the first hit)."""
+    return "I don't know: the indexed documents never mention " + ", ".join(f"“{name}”" for name in names) + "."
+
+
+def _declined(inputs: dict) -> str | None:
+    """The answer given without the model: no context, or a context whose question names what no chunk mentions."""
+    context = inputs.get("context")
+    if not context:
+        return NO_CONTEXT_ANSWER
+    names = context[0].metadata.get("unmentioned")
+    return unmentioned_answer(names) if names else None
+
+
 def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike, *, best_last: bool = False) -> Runnable[dict, str]:
     """QA over given documents, best first: ``{"context": [Document], "question": str}`` -> answer text.
 
@@ -94,11 +108,12 @@ def build_docs_qa_chain(prompt: BasePromptTemplate, llm: LanguageModelLike, *, b
 
     With no documents (nothing retrieved reached ``min_score``) the answer is
     :data:`NO_CONTEXT_ANSWER`, without calling the model: a small model given no context
-    makes an answer up.
+    makes an answer up. So is a question naming what no chunk mentions (the first
+    document's ``unmentioned``, set by :class:`rag.retrieval.RagRetriever`): :func:`unmentioned_answer`.
     """
     context = RunnablePick("context") | RunnableLambda(lambda docs: format_context(docs, best_last), name="format_context")
     answer = RunnablePassthrough.assign(context=context) | prompt | llm | StrOutputParser()
-    return RunnableBranch((lambda inputs: not inputs.get("context"), RunnableLambda(lambda _: NO_CONTEXT_ANSWER, name="no_context")), answer)
+    return RunnableBranch((lambda inputs: _declined(inputs) is not None, RunnableLambda(_declined, name="declined")), answer)
 
 
 def build_context_fitter(prompt: BasePromptTemplate, budget: ContextBudget) -> Runnable[dict, dict]:

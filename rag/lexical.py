@@ -42,6 +42,9 @@ MAX_QUERY_TERMS = 64
 _WORD = re.compile(r"\w+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _EDGE_PUNCTUATION = ".,;:!?\"'()[]{}<>`“”‘’«»"
+_CODE_NAME = re.compile(r"[A-Za-z]\w+(?:[._][A-Za-z]\w*)+")  # two letters, then . or _ and a letter: not e.g, 1.0
+_ACRONYM = re.compile(r"[A-Z][A-Z0-9]+s?")
+_MIXED_CASE = re.compile(r"[A-Za-z]*[a-z][A-Z][A-Za-z0-9]*")
 _STOPWORDS = frozenset(
     "a an and are as at be by can do does for from how i if in into is it its me my of on or so that the their then "
     "there these this to was what when where which who why will with without you your".split()
@@ -72,10 +75,25 @@ def query_terms(query: str) -> list[str]:
     return wanted[:MAX_QUERY_TERMS]
 
 
+def named_terms(text: str) -> list[str]:
+    """What a question names exactly: code identifiers (``pool_mode``, ``re.sub``), acronyms (``LFS``)
+    and mixed-case names (``QuokkaDB``); plain words, capitalized or not, and versions (``1.0``) are not names."""
+    found: list[str] = []
+    for raw in unicodedata.normalize("NFKC", text).split():
+        core = raw.strip(_EDGE_PUNCTUATION)
+        if core not in found and (_CODE_NAME.fullmatch(core) or _ACRONYM.fullmatch(core) or _MIXED_CASE.fullmatch(core)):
+            found.append(core)
+    return found
+
+
+def _quoted(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
 def match_expression(query: str) -> str | None:
     """An FTS5 query matching any term of ``query`` (each quoted), or ``None`` if it has no terms."""
     wanted = query_terms(query)
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in wanted) if wanted else None
+    return " OR ".join(map(_quoted, wanted)) if wanted else None
 
 
 class LexicalIndex:
@@ -182,6 +200,22 @@ class LexicalIndex:
                 (expression, n),
             ).fetchall()
         return [(chunk_id, float(score)) for chunk_id, score in rows]
+
+    def unmentioned(self, names: Iterable[str]) -> list[str]:
+        """Those of ``names`` (see :func:`named_terms`) that no chunk contains: no chunk holds the name's words in a row.
+
+        Words, not the whole code token: ``re.sub`` is mentioned by a text saying ``re.sub(pattern)``.
+        """
+        missing = []
+        with self._lock:
+            for name in names:
+                words = terms(" ".join(_WORD.findall(name)))
+                if not words:
+                    continue
+                found = self.db.execute(f"SELECT 1 FROM {self._fts} WHERE {self._fts} MATCH ? LIMIT 1", (_quoted(" ".join(words)),)).fetchone()
+                if found is None:
+                    missing.append(name)
+        return missing
 
     # --- recovery ---
 

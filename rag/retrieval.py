@@ -8,7 +8,11 @@ retrieval), ``metadata["method"]`` (``vector``, ``lexical`` or ``vector+lexical`
 ``metadata["rank"]``. Chunks with the same text appear once. Optional: neighbours from
 the same section appended to a hit's text, and score cut-offs (what they cut is in the
 first hit's ``metadata["cut"]``; when no chunk reaches ``min_score`` nothing is returned,
-and ``rag ask`` says it does not know without calling the model).
+and ``rag ask`` says it does not know without calling the model). When no hit scores
+``unmentioned_max_score`` and the query names something no chunk contains (an acronym, a
+code identifier, a mixed-case name: :func:`rag.lexical.named_terms`), the first hit's
+``metadata["unmentioned"]`` lists those names, and ``rag ask`` says the documents never
+mention them, again without the model.
 
 Example::
 
@@ -32,7 +36,7 @@ from pydantic import ConfigDict
 
 from rag.embed import embedder_id
 from rag.errors import require_question
-from rag.lexical import LexicalIndex
+from rag.lexical import LexicalIndex, named_terms
 from rag.repair import readable_count
 from rag.settings import Settings
 from rag.split import SPLITTER_ID, content_hash
@@ -69,6 +73,7 @@ class RagRetriever(BaseRetriever):
     neighbours: int = 0
     min_score: float = 0.0
     min_score_ratio: float = 0.0
+    unmentioned_max_score: float = 0.0
     lexical_weight: float = 1.0  # of the BM25 ranking in the fusion (the vector ranking weighs 1)
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
@@ -106,6 +111,7 @@ class RagRetriever(BaseRetriever):
             if len(hits) == self.k:
                 break
         hits = self._cut(hits)
+        self._mark_unmentioned(query, hits)
         for rank, hit in enumerate(hits, start=1):
             hit.metadata["rank"] = rank
         return self._with_neighbours(hits) if self.neighbours else hits
@@ -150,6 +156,17 @@ class RagRetriever(BaseRetriever):
             kept[0].metadata["cut"] = cut
             logger.info("dropped %d of %d chunks scoring under %.3f", len(cut), len(hits), floor)
         return kept
+
+    def _mark_unmentioned(self, query: str, hits: list[Document]) -> None:
+        """Put in the first hit's ``unmentioned`` what the query names that no chunk contains, when every hit scores under ``unmentioned_max_score``."""
+        if not hits or self.unmentioned_max_score <= 0 or self.lexical is None or self.method == "lexical":
+            return
+        if max(hit.metadata["score"] for hit in hits) >= self.unmentioned_max_score:
+            return
+        missing = self.lexical.unmentioned(named_terms(query[:10_000]))
+        if missing:
+            hits[0].metadata["unmentioned"] = missing
+            logger.info("no chunk mentions %s and none scores %.2f", ", ".join(missing), self.unmentioned_max_score)
 
     def _with_neighbours(self, hits: list[Document]) -> list[Document]:
         """Each hit's text with up to ``neighbours`` chunks before and after it from the same source and section."""
@@ -229,6 +246,7 @@ def retriever(settings: Settings | None = None, embeddings: Embeddings | None = 
         neighbours=settings.neighbours,
         min_score=settings.min_score,
         min_score_ratio=settings.min_score_ratio,
+        unmentioned_max_score=settings.unmentioned_max_score,
     )
 
 

@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         description="Drop hits whose cosine similarity is below this (0: keep all); when none reaches it, `ask` says it does not know.",
     )
     min_score_ratio: float = Field(0.0, ge=0, le=1, description="Drop hits scoring below this fraction of the best hit (0: keep all).")
+    unmentioned_max_score: float = Field(
+        0.5,
+        description="When the question names what no chunk contains (LFS, pool_mode) and no hit scores this, `ask` says so (0: off).",
+    )
     prompt: str | None = Field(
         None,
         description="Prompt name or family (chatml, rlm/rag-prompt, hub:OWNER/NAME); default: detected from the model.",

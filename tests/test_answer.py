@@ -20,7 +20,7 @@ from langchain_core.language_models.fake import FakeListLLMError
 from rag.answer import Answer, Assistant, NothingToSummarize, Summary, summarize
 from rag.errors import EmptyQuestion
 from rag.budget import ContextOverflow
-from rag.chains import NO_CONTEXT_ANSWER
+from rag.chains import NO_CONTEXT_ANSWER, unmentioned_answer
 from rag.cli import EXIT_ERROR, EXIT_OK, cli
 from rag.errors import LLMBackendError
 from rag.llm import LocalLLM
@@ -460,6 +460,15 @@ def test_real_ask_streams_with_llamafile(real_store, embeddings, llama_server):
     assistant = Assistant(real_store.with_overrides(backend="llamafile", llamafile_url=llama_server), embeddings=embeddings)
     answer = check_real_answer(list(assistant.stream(LIGHTHOUSE)))
     assert answer.metadata["backend"] == "llamafile"
+
+
+@pytest.mark.integration
+def test_real_question_naming_what_no_document_mentions_is_answered_dont_know_without_the_model(real_store, embeddings, local_llm):
+    answer = Assistant(real_store, local_llm=local_llm, embeddings=embeddings).ask("What is the LFS limit of the bakery?")
+    assert answer.answer == unmentioned_answer(["LFS"]) and answer.metadata["unmentioned"] == ["LFS"]
+    assert answer.sources  # the closest passages are still listed
+    answered = Assistant(real_store, local_llm=local_llm, embeddings=embeddings).ask("Which port does QuokkaDB listen on?")
+    assert "unmentioned" not in answered.metadata and answered.sources[0].source.endswith("quokkadb.rst")
 
 
 @pytest.mark.integration

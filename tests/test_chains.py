@@ -17,6 +17,7 @@ from langchain_core.runnables import RunnableLambda
 from rag.budget import ContextBudget, ContextOverflow
 from rag.chains import (
     NO_CONTEXT_ANSWER,
+    unmentioned_answer,
     SummarizePrompts,
     build_conversational_qa_chain,
     build_docs_qa_chain,
@@ -77,6 +78,14 @@ def test_format_docs_numbers_from_start_with_titles():
 def test_docs_qa_chain_without_documents_says_it_does_not_know_without_the_model():
     llm = CountingLLM(responses=["made up"])
     assert build_docs_qa_chain(get_prompt("chatml"), llm).invoke({"context": [], "question": "Who?"}) == NO_CONTEXT_ANSWER
+    assert llm.calls == 0
+
+
+def test_docs_qa_chain_says_what_the_documents_never_mention_without_the_model():
+    llm = CountingLLM(responses=["made up"])
+    context = [Document("weak match", metadata={"unmentioned": ["LFS", "pool_mode"]}), doc("another")]
+    answer = build_docs_qa_chain(get_prompt("chatml"), llm).invoke({"context": context, "question": "LFS and pool_mode?"})
+    assert answer == unmentioned_answer(["LFS", "pool_mode"]) == "I don't know: the indexed documents never mention “LFS”, “pool_mode”."
     assert llm.calls == 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rag.lexical import LexicalIndex, match_expression, query_terms, terms
+from rag.lexical import LexicalIndex, match_expression, named_terms, query_terms, terms
 
 
 @pytest.fixture
@@ -40,6 +40,26 @@ def test_search_finds_code_tokens_accents_cjk_and_stems(index, query, expected):
 @pytest.mark.parametrize("query", ['"', "*", "NEAR(", "AND", "OR NOT", "(", ")", "^", ":", "-", "x" * 100_000, "a" * 5 + '"' * 50, "", "   ", "\x00"])
 def test_fts5_syntax_and_odd_queries_never_raise(index, query):
     assert isinstance(index.search(query, 5), list)
+
+
+@pytest.mark.parametrize(
+    ("question", "names"),
+    [
+        ("How do I configure Git LFS for large video files?", ["LFS"]),
+        ("What pool_mode should pgbouncer use?", ["pool_mode"]),
+        ("Is re.sub() faster than gc.pruneExpire, e.g. on QuokkaDB?", ["re.sub", "gc.pruneExpire", "QuokkaDB"]),
+        ("Where do UUIDs and HEAD go?", ["UUIDs", "HEAD"]),
+        ("How do I put files under project-1.0/ in Kestrel Point's archive?", []),  # versions and capitalized words are not names
+        ("Which client-side hook runs after a push?", []),
+    ],
+)
+def test_named_terms_are_code_identifiers_acronyms_and_mixed_case_names(question, names):
+    assert named_terms(question) == names
+
+
+def test_unmentioned_names_are_those_whose_words_no_chunk_holds_in_a_row(index):
+    assert index.unmentioned(["re.sub", "gc.pruneExpire", "LFS", "pool_mode", "Café", "re.compile"]) == ["LFS", "pool_mode", "re.compile"]
+    assert index.unmentioned([]) == [] and index.unmentioned(['"', "NEAR("]) == ["NEAR("]  # syntax is only text
 
 
 def test_queries_are_quoted_terms_joined_by_or():

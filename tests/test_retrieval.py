@@ -154,6 +154,19 @@ def test_real_embedder_hybrid_finds_the_sample_answers(settings, embeddings):
 
 
 @pytest.mark.integration
+def test_real_embedder_marks_names_no_chunk_mentions_when_nothing_scores_well(settings, embeddings):
+    ingest([SAMPLE_DATA], settings, embeddings)
+    assert settings.unmentioned_max_score > 0  # on by default, measured on the question sets (README: Retrieval)
+    weak = retriever(settings, embeddings, k=4).invoke("What is the LFS limit of the bakery?")
+    assert weak and max(doc.metadata["score"] for doc in weak) < settings.unmentioned_max_score
+    assert weak[0].metadata["unmentioned"] == ["LFS"]
+    named = retriever(settings, embeddings, k=4).invoke("Which port does QuokkaDB listen on?")  # named and mentioned
+    assert named and "unmentioned" not in named[0].metadata
+    off = retriever(settings.model_copy(update={"unmentioned_max_score": 0}), embeddings, k=4).invoke("What is the LFS limit of the bakery?")
+    assert off and "unmentioned" not in off[0].metadata
+
+
+@pytest.mark.integration
 def test_real_embedder_default_min_score_retrieves_nothing_for_a_question_no_document_touches(settings, embeddings):
     ingest([SAMPLE_DATA], settings, embeddings)
     assert settings.min_score > 0  # the default cut-off, measured on the question sets (README: Retrieval)

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 LEXICAL_FILE = "rag-lexical.sqlite3"
 HEADING_WEIGHT = 4.0  # BM25 weight of a heading term against a chunk text term
 MAX_QUERY_TERMS = 64
+MAX_MENTION_ROWS = 5000  # chunks whose stems match a name, read to find the name's exact words
 _WORD = re.compile(r"\w+")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _EDGE_PUNCTUATION = ".,;:!?\"'()[]{}<>`“”‘’«»"
@@ -84,6 +85,10 @@ def named_terms(text: str) -> list[str]:
         if core not in found and (_CODE_NAME.fullmatch(core) or _ACRONYM.fullmatch(core) or _MIXED_CASE.fullmatch(core)):
             found.append(core)
     return found
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
 def _quoted(term: str) -> str:
@@ -205,6 +210,8 @@ class LexicalIndex:
         """Those of ``names`` (see :func:`named_terms`) that no chunk contains: no chunk holds the name's words in a row.
 
         Words, not the whole code token: ``re.sub`` is mentioned by a text saying ``re.sub(pattern)``.
+        The words are compared unstemmed (a plural ``s`` aside): the stemmer makes ``LFS`` ``lf``,
+        which git's manual mentions as a line ending.
         """
         missing = []
         with self._lock:
@@ -212,8 +219,11 @@ class LexicalIndex:
                 words = terms(" ".join(_WORD.findall(name)))
                 if not words:
                     continue
-                found = self.db.execute(f"SELECT 1 FROM {self._fts} WHERE {self._fts} MATCH ? LIMIT 1", (_quoted(" ".join(words)),)).fetchone()
-                if found is None:
+                wanted = f" {' '.join(map(_singular, words))} "
+                rows = self.db.execute(
+                    f"SELECT heading, body FROM {self._fts} WHERE {self._fts} MATCH ? LIMIT {MAX_MENTION_ROWS}", (_quoted(" ".join(words)),)
+                )
+                if not any(wanted in f" {' '.join(map(_singular, f'{heading} {body}'.split()))} " for heading, body in rows):
                     missing.append(name)
         return missing
 

@@ -62,6 +62,13 @@ def test_unmentioned_names_are_those_whose_words_no_chunk_holds_in_a_row(index):
     assert index.unmentioned([]) == [] and index.unmentioned(['"', "NEAR("]) == ["NEAR("]  # syntax is only text
 
 
+def test_a_name_is_mentioned_only_by_its_own_words_not_by_their_stems(tmp_path):
+    with LexicalIndex(tmp_path, "git") as index:
+        index.add([("eol", "gitattributes", "Convert CRLF line endings to LF when committing."), ("uuid", "types", "The UUID type stores identifiers.")])
+        assert index.search("LFS", 1)  # the stemmer makes both "lf"
+        assert index.unmentioned(["LFS", "UUIDs", "CRLF"]) == ["LFS"]  # a plural s aside, words are compared as written
+
+
 def test_queries_are_quoted_terms_joined_by_or():
     assert match_expression('NEAR( "a" AND b*') == '"near" OR "b" OR "x622a"'  # stop words a, and left out
     assert match_expression("???") == '"x3f3f3f"' and match_expression("") is None

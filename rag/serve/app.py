@@ -284,7 +284,7 @@ def cited(answer: Answer) -> list[dict]:
 
 
 def rag_metadata(answer: Answer) -> dict:
-    keys = ("standalone_question", "condense", "backend")
+    keys = ("standalone_question", "condense", "backend", "unmentioned")
     return {"prompt": answer.prompt, **{key: answer.metadata[key] for key in keys if key in answer.metadata}}
 
 

@@ -90,6 +90,12 @@ def test_a_follow_up_is_answered_from_the_conversation(served, client):
     assert any(source.endswith("kestrel-point-lighthouse.md") for source in sources_of(response.model_extra))
 
 
+def test_a_question_naming_what_no_document_mentions_is_declined_with_the_reason(served, client):
+    response = client.chat.completions.create(model=served.llm, messages=[{"role": "user", "content": "What is the LFS limit of the bakery?"}], max_tokens=32)
+    assert response.choices[0].message.content == "I don't know: the indexed documents never mention “LFS”."
+    assert response.model_extra["rag"]["unmentioned"] == ["LFS"]
+
+
 def test_models_and_embeddings_through_the_openai_client(served, client):
     assert {model.id for model in client.models.list()} == {served.llm, served.embedder}
     result = client.embeddings.create(model=served.embedder, input=["lighthouse", "bakery"])

@@ -231,7 +231,8 @@ def answer_quality(all_questions: list[dict], retrievers: dict, settings) -> dic
 
     A question's fact is its phrase: *phrase found* counts answers holding it whole, *phrase
     words* the share of its words (3 letters or more) the answer holds, averaged. *don't know*
-    is the share of unanswerable questions the answer declines (``rag eval``'s test).
+    is the share of unanswerable questions the answer declines (``rag eval``'s test), *false
+    don't know* the share of answerable ones.
     """
     from rag import Assistant
     from rag.eval.metrics import contains_phrase, says_dont_know
@@ -241,13 +242,14 @@ def answer_quality(all_questions: list[dict], retrievers: dict, settings) -> dic
     for label, (chosen, order) in retrievers.items():
         assistant = Assistant(settings.model_copy(update={"max_tokens": 96, "context_order": order}), local_llm=local_llm)
         local_llm = assistant.local_llm
-        found, shares, declined, unanswerable = 0, [], 0, 0
+        found, shares, declined, unanswerable, false_declined = 0, [], 0, 0, 0
         for question in all_questions:
             answer = assistant.answer_from(question["question"], chosen.invoke(question["question"])).answer
             if not question.get("answerable", True):
                 unanswerable += 1
                 declined += says_dont_know(answer)
                 continue
+            false_declined += says_dont_know(answer)
             found += contains_phrase(answer, question["phrase"])
             words = [word for word in re.findall(r"\w+", question["phrase"].casefold()) if len(word) >= 3] or [question["phrase"].casefold()]
             shares.append(sum(word in answer.casefold() for word in words) / len(words))
@@ -255,6 +257,7 @@ def answer_quality(all_questions: list[dict], retrievers: dict, settings) -> dic
             "phrase_found": round(found / len(shares), 3),
             "phrase_words": round(statistics.mean(shares), 3),
             "dont_know": round(declined / unanswerable, 3) if unanswerable else None,
+            "false_dont_know": round(false_declined / len(shares), 3),
         }
     return rows
 
@@ -314,9 +317,9 @@ def print_corpus(result: dict) -> None:
             f"{row['p50_ms']:>8}{row['p95_ms']:>8}{shown(row['p50_no_embed_ms']):>9}{shown(row['p95_no_embed_ms']):>9}"
         )
     if "answers" in result:
-        print(f"{'answers (default model, top 4)':36}{'phrase found':>14}{'phrase words':>14}{'dont know':>11}")
+        print(f"{'answers (default model, top 4)':36}{'phrase found':>14}{'phrase words':>14}{'dont know':>11}{'false dont know':>17}")
         for label, row in result["answers"].items():
-            print(f"{label:36}{row['phrase_found']:>14}{row['phrase_words']:>14}{str(row['dont_know']):>11}")
+            print(f"{label:36}{row['phrase_found']:>14}{row['phrase_words']:>14}{str(row['dont_know']):>11}{row['false_dont_know']:>17}")
     for label, row in result["rows"].items():
         if row["misses_at_4"]:
             print(f"  missed at 4 by {label}: {', '.join(row['misses_at_4'])}")

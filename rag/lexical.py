@@ -78,12 +78,14 @@ def query_terms(query: str) -> list[str]:
 
 def named_terms(text: str) -> list[str]:
     """What a question names exactly: code identifiers (``pool_mode``, ``re.sub``), acronyms (``LFS``)
-    and mixed-case names (``QuokkaDB``); plain words, capitalized or not, and versions (``1.0``) are not names."""
+    and mixed-case names (``QuokkaDB``), at most 64; plain words, capitalized or not, and versions (``1.0``) are not names."""
     found: list[str] = []
     for raw in unicodedata.normalize("NFKC", text).split():
         core = raw.strip(_EDGE_PUNCTUATION)
         if core not in found and (_CODE_NAME.fullmatch(core) or _ACRONYM.fullmatch(core) or _MIXED_CASE.fullmatch(core)):
             found.append(core)
+            if len(found) == MAX_QUERY_TERMS:
+                break
     return found
 
 

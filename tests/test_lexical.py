@@ -57,6 +57,10 @@ def test_named_terms_are_code_identifiers_acronyms_and_mixed_case_names(question
     assert named_terms(question) == names
 
 
+def test_a_question_names_at_most_64_things():
+    assert len(named_terms(" ".join(f"N{number}X" for number in range(1000)))) == 64
+
+
 def test_unmentioned_names_are_those_whose_words_no_chunk_holds_in_a_row(index):
     assert index.unmentioned(["re.sub", "gc.pruneExpire", "LFS", "pool_mode", "Café", "re.compile"]) == ["LFS", "pool_mode", "re.compile"]
     assert index.unmentioned([]) == [] and index.unmentioned(['"', "NEAR("]) == ["NEAR("]  # syntax is only text

@@ -13,6 +13,7 @@ every test (pytest-socket, see pyproject), so nothing can be downloaded.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ from rag.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_DATA = REPO_ROOT / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Deliver Ctrl-C even when the suite was started in the background (``make test &``, ``nohup``).
+
+    A shell without job control starts background commands with SIGINT ignored, and every
+    child inherits that: the tests that stop ``rag`` with Ctrl-C would see it exit 0. A
+    handler (unlike "ignored") is reset to the default in each child that starts.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,7 @@ from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
 from rag.repair import sources_to_rebuild
 from rag.retrieval import hit_to_dict, search  # noqa: F401 (rag.indexing.search: the retriever's search)
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
-from rag.sources.process import IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
+from rag.sources.process import BusyClock, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
 from rag.settings import Settings
 from rag.split import build_splitter, embedding_text, first_words, splitter_profile
 from rag.store import (
@@ -390,13 +390,15 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
     """Load and split sources in a background thread (and child process), a couple ahead of the consumer.
 
     Files are read and hashed in the thread; only changed ones, and URLs, go to the child
-    process (started on first need), which parses them under the time and memory limits.
+    process (started on first need, at low priority), which fetches and parses them under
+    the time and memory limits while the consumer embeds.
     """
     if not settings.isolate_loaders or os.name != "posix":  # the child process needs POSIX pipes and rlimits
         for request in requests:
             yield load_and_split(request)
         return
-    loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb)
+    consuming = BusyClock()  # the consumer embedding: the niced child barely runs then
+    loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb, consuming)
     results: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     done = object()
@@ -432,7 +434,9 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
                 return
             if isinstance(item, BaseException):
                 raise item
+            consuming.start()
             yield item
+            consuming.stop()
     finally:
         stop.set()
         if not finished:

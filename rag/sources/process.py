@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,9 @@ from rag.sources.load import LoadOptions, RawSource
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!Q")
+# The child's niceness: parsing ahead must not take a core from the embedder, whose threads
+# wait for each other (on 2 cores, an ingest overlapping its loader at equal priority took 1.2-1.5x as long).
+LOADER_NICENESS = 19
 _memory_limit_mb = 0  # set in the child
 _reserve: bytearray | None = None  # set in the child: memory to give back when it runs out
 
@@ -138,6 +141,32 @@ class LoaderCrashed(RagError, RuntimeError):
     """The loader process died or was stopped; the message says how."""
 
 
+class BusyClock:
+    """Seconds the consumer of the outcomes spends on its own work (embedding), counted as it goes.
+
+    The child runs at low priority (:data:`LOADER_NICENESS`): while the consumer embeds on
+    every core, the child barely gets a CPU. That time is excused from ``source_timeout``,
+    so a source never fails for waiting on the embedder; a hostile one still costs the
+    consumer at most ``source_timeout`` of waiting.
+    """
+
+    def __init__(self) -> None:
+        self._spent = 0.0
+        self._since: float | None = None
+
+    def start(self) -> None:
+        self._since = time.monotonic()
+
+    def stop(self) -> None:
+        if self._since is not None:
+            self._spent += time.monotonic() - self._since
+            self._since = None
+
+    def seconds(self) -> float:
+        since = self._since
+        return self._spent + (time.monotonic() - since if since is not None else 0.0)
+
+
 class LoaderProcess:
     """One child running :func:`load_and_split` on request."""
 
@@ -159,8 +188,8 @@ class LoaderProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def run(self, request: LoadRequest, timeout: float) -> LoadOutcome:
-        """Send one request and wait for its result at most ``timeout`` seconds.
+    def run(self, request: LoadRequest, timeout: float, excused: BusyClock | None = None) -> LoadOutcome:
+        """Send one request and wait for its result at most ``timeout`` seconds, plus what ``excused`` counts meanwhile.
 
         Raises ``TimeoutError`` (the child is then killed) or :class:`LoaderCrashed`.
         """
@@ -171,7 +200,12 @@ class LoaderProcess:
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             raise LoaderCrashed(self._death()) from None
-        deadline = time.monotonic() + timeout
+        limit = time.monotonic() + timeout
+        excused_before = excused.seconds() if excused is not None else 0.0
+
+        def deadline() -> float:
+            return limit + (excused.seconds() - excused_before if excused is not None else 0.0)
+
         fd = self.process.stdout.fileno()
         header = _read_exact(fd, _HEADER.size, deadline)
         if header is None:
@@ -180,7 +214,7 @@ class LoaderProcess:
         if not header:
             raise LoaderCrashed(self._death())
         (size,) = _HEADER.unpack(header)
-        body = _read_exact(fd, size, deadline + 30)  # the answer is on its way; allow it to arrive
+        body = _read_exact(fd, size, lambda: deadline() + 30)  # the answer is on its way; allow it to arrive
         if not body:
             self.kill()
             raise LoaderCrashed("loader process stopped while answering")
@@ -235,18 +269,18 @@ def _child_command(memory_mb: int) -> str:
     return prefix + f"from rag.sources.process import _child_main; _child_main({int(memory_mb)})"
 
 
-def _read_exact(fd: int, size: int, deadline: float) -> bytes | None:
-    """``size`` bytes from ``fd``; ``b""`` at end of file, ``None`` past the deadline."""
+def _read_exact(fd: int, size: int, deadline: Callable[[], float]) -> bytes | None:
+    """``size`` bytes from ``fd``; ``b""`` at end of file, ``None`` past the deadline (asked again as it may move)."""
     parts: list[bytes] = []
     remaining = size
     while remaining:
-        wait = deadline - time.monotonic()
+        wait = deadline() - time.monotonic()
         if wait <= 0:
             return None
         poller = select.poll()  # not select.select(): it fails on descriptors >= 1024 (a long-lived process has many open)
         poller.register(fd, select.POLLIN)
         if not poller.poll(wait * 1000):
-            return None
+            continue  # past the deadline as it was: ask again
         part = os.read(fd, min(remaining, 1 << 20))
         if not part:
             return b""
@@ -297,9 +331,10 @@ class IsolatedLoader:
     ``abort()`` may be called from another thread: it kills the child mid-request.
     """
 
-    def __init__(self, timeout: float, memory_mb: int) -> None:
+    def __init__(self, timeout: float, memory_mb: int, excused: BusyClock | None = None) -> None:
         self.timeout = timeout
         self.memory_mb = memory_mb
+        self.excused = excused  # the consumer's busy time, not counted against the timeout
         self._process: LoaderProcess | None = None
         self._lock = threading.Lock()
         self._aborted = False
@@ -317,7 +352,7 @@ class IsolatedLoader:
             process = self._process
             process.busy = True  # from here on, close() in another thread must not pool it
         try:
-            outcome = process.run(request, self.timeout)
+            outcome = process.run(request, self.timeout, self.excused)
             if outcome.retire:
                 self._forget(process)
             return outcome
@@ -398,6 +433,10 @@ def _child_main(memory_mb: int) -> None:
     global _memory_limit_mb, _reserve
 
     warnings.simplefilter("ignore")
+    try:
+        os.nice(LOADER_NICENESS)
+    except OSError:
+        pass
     # Import the parsers before capping memory, so the cap measures the work, not the imports.
     for module in ("bs4", "charset_normalizer", "pypdf", "requests", "langchain_text_splitters", "rag.sources.load", "rag.split", "rag.sources.web"):
         importlib.import_module(module)

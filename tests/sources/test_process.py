@@ -19,8 +19,8 @@ from rag.sources import process as loader_process
 from rag.answer import load_documents
 from rag.errors import RagError
 from rag.sources import LoadOptions
-from rag.sources.process import IsolatedLoader, LoadRequest, LoaderCrashed, load_isolated
-from tests.local_site import LocalSite, trickle
+from rag.sources.process import BusyClock, IsolatedLoader, LoadRequest, LoaderCrashed, load_isolated
+from tests.local_site import LocalSite, Page, delayed, trickle
 
 SLOW_URL_OPTIONS = LoadOptions(allow_private_network=True, fetch_timeout=10, source_timeout=30)
 # The child imports its parsers in about 100 MB of address space; parsing the page below needs over 1 GB (and 40 s).
@@ -97,6 +97,50 @@ def test_ctrl_c_during_a_load_kills_the_child_and_pools_nothing(note):
     fresh = load_isolated(LoadRequest(str(note), LoadOptions()), timeout=30, memory_mb=0)
     assert (fresh.status, fresh.source) == ("loaded", str(note))
     assert [child.busy for child in _idle_children()] == [False]  # and this idle one may be reused
+
+
+# --- the child yields the CPU to the embedder, and is not timed while it does --------------------------
+
+
+@pytest.mark.integration
+def test_the_loader_child_runs_at_the_lowest_priority(note):
+    with IsolatedLoader(timeout=30, memory_mb=0) as loader:
+        assert loader.load(LoadRequest(str(note), LoadOptions())).status == "loaded"
+        child = loader._process.process.pid
+        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + loader_process.LOADER_NICENESS)
+
+
+PAGE = Page(b"<html><head><title>Late</title></head><body><p>A page that took its time.</p></body></html>")
+
+
+@pytest.mark.integration
+def test_time_the_consumer_spends_embedding_is_not_counted_against_the_source_timeout():
+    with LocalSite({"/late": delayed(PAGE, seconds=2.5)}) as site:
+        request = LoadRequest(site.url("/late"), SLOW_URL_OPTIONS)
+        timed = load_isolated(request, timeout=1, memory_mb=0)
+        embedding = BusyClock()
+        embedding.start()  # the consumer is busy the whole time: the child may take as long
+        with IsolatedLoader(timeout=1, memory_mb=0, excused=embedding) as loader:
+            excused = loader.load(request)
+        embedding.stop()
+        idle = BusyClock()  # a consumer that waits: the limit holds
+        with IsolatedLoader(timeout=1, memory_mb=0, excused=idle) as loader:
+            waited = loader.load(request)
+    assert (timed.status, waited.status) == ("failed", "failed")
+    assert "source_timeout" in timed.reason and "source_timeout" in waited.reason
+    assert (excused.status, excused.title) == ("loaded", "Late"), excused.reason
+
+
+def test_busy_clock_counts_only_while_started():
+    clock = BusyClock()
+    assert clock.seconds() == 0.0
+    clock.start()
+    time.sleep(0.05)
+    running = clock.seconds()
+    clock.stop()
+    time.sleep(0.05)
+    assert 0.04 <= running <= clock.seconds() < 1.0
+    assert clock.seconds() == clock.seconds()  # stopped: it no longer moves
 
 
 def test_loader_errors_are_rag_errors():

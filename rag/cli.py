@@ -143,7 +143,7 @@ def doctor(ctx: click.Context, as_json: bool, **options: Any) -> None:
 @store_options
 @click.option("--chunk-size", type=int, help=setting_help("Characters per chunk", "chunk_size"))
 @click.option("--chunk-overlap", type=int, help=setting_help("Characters shared by neighbouring chunks", "chunk_overlap"))
-@click.option("--embed-words", type=int, help=setting_help("Words of each chunk the embedder sees (0: all)", "embed_words"))
+@click.option("--embed-tokens", type=int, help=setting_help("Tokens (words, punctuation) of each chunk the embedder sees (0: all)", "embed_tokens"))
 @folder_options
 @click.option("--allow-private-network", is_flag=True, default=None, help="Allow URLs on loopback and private networks.")
 @click.option("--keep-boilerplate", is_flag=True, help="Keep web pages' navigation, headers and footers.")

@@ -45,9 +45,9 @@ from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
 from rag.repair import sources_to_rebuild
 from rag.retrieval import hit_to_dict, search  # noqa: F401 (rag.indexing.search: the retriever's search)
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
-from rag.sources.process import BusyClock, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split
+from rag.sources.process import BusyClock, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split, prestart
 from rag.settings import Settings
-from rag.split import build_splitter, embedding_text, first_words, splitter_profile
+from rag.split import build_splitter, embedding_text, first_tokens, splitter_profile
 from rag.store import (
     EmptyStore,
     IncompatibleCollection,
@@ -156,6 +156,8 @@ def ingest(
     build_splitter("text", settings.chunk_size, settings.chunk_overlap)  # bad splitter settings fail here
     found = expand_inputs(inputs, settings.include, settings.exclude, settings.include_hidden)
     report = IndexReport(store=store_location(settings), collection=settings.collection, sources=len(found.sources))
+    if found.sources and settings.isolate_loaders and os.name == "posix":
+        prestart(settings.loader_memory_mb)  # ready by the time the store is open and the embedder loaded
     with store_lock(settings, "rag ingest"):
         if reindex and not settings.chroma_url:  # damaged files Chroma or SQLite cannot even open are moved aside first
             from rag.store_check import set_aside_damage
@@ -196,7 +198,7 @@ class _IngestRun:
         self.embeddings = embeddings
         self.report = report
         self.options = LoadOptions.from_settings(settings)
-        self.profile = {"embedder": embedder_id(embeddings), **splitter_profile(settings.chunk_size, settings.chunk_overlap, settings.embed_words)}
+        self.profile = {"embedder": embedder_id(embeddings), **splitter_profile(settings.chunk_size, settings.chunk_overlap, settings.embed_tokens)}
         self.client = open_client(settings)
         self.collection = None
         self.record = open_record(settings, self.client)
@@ -335,9 +337,9 @@ class _IngestRun:
         missing: dict[str, str] = {}
         for digest, text, metadata in zip(hashes, texts, metadatas):
             if digest not in vectors:
-                # title and section path in front, cut to the words the embedder is given
-                missing.setdefault(digest, first_words(embedding_text(text, metadata), self.settings.embed_words))
-        cache_key = str(self.profile["embedder"]) + (f" words:{self.settings.embed_words}" if self.settings.embed_words else "")
+                # title and section path in front, cut to the tokens the embedder is given
+                missing.setdefault(digest, first_tokens(embedding_text(text, metadata), self.settings.embed_tokens))
+        cache_key = str(self.profile["embedder"]) + (f" tokens:{self.settings.embed_tokens}" if self.settings.embed_tokens else "")
         found, embedded = embed_missing(self.embeddings, missing, self.settings.store_path, cache_key)
         if found:
             self._check_dimension(len(next(iter(found.values()))))

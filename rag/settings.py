@@ -88,10 +88,13 @@ class Settings(BaseSettings):
     # Ingestion and retrieval
     chunk_size: int = Field(500, ge=1, description="Characters per chunk (larger finds more, but the default 135M model answers worse).")
     chunk_overlap: int = Field(0, ge=0, description="Characters shared by neighbouring chunks.")
-    embed_words: int = Field(
+    embed_tokens: int = Field(
         48,
         ge=0,
-        description="Words of each chunk's title, section and text the embedder sees (0: all); the keyword index keeps every word.",
+        description=(
+            "Tokens (words and punctuation marks) of each chunk's title, section and text the embedder sees (0: all); "
+            "the keyword index keeps every word."
+        ),
     )
     k: int = Field(4, ge=1, description="Chunks retrieved per question.")
     retrieval: Retrieval = Field("hybrid", description="How chunks are found: vector, lexical (BM25) or hybrid (both, fused by rank).")

@@ -43,7 +43,7 @@ def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
     Unless a test uses the real embedder (the ``embeddings`` fixture), the score cut-off is
     off (``RAG_MIN_SCORE=0``, and ``RAG_UNMENTIONED_MAX_SCORE=0``): fake embeddings have no
     meaningful cosine similarity. A test of the cut-off with fakes sets ``min_score`` itself. So is the cut of embedded text
-    (``RAG_EMBED_WORDS=0``): a fake embedder matches only the exact text it embedded, which
+    (``RAG_EMBED_TOKENS=0``): a fake embedder matches only the exact text it embedded, which
     tests build with :func:`rag.split.embedding_text`.
     """
     for name in list(os.environ):
@@ -52,7 +52,7 @@ def _isolated_environment(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
     if "embeddings" not in request.fixturenames:
         monkeypatch.setenv("RAG_MIN_SCORE", "0")
         monkeypatch.setenv("RAG_UNMENTIONED_MAX_SCORE", "0")
-        monkeypatch.setenv("RAG_EMBED_WORDS", "0")
+        monkeypatch.setenv("RAG_EMBED_TOKENS", "0")
 
 
 @pytest.fixture(autouse=True)

@@ -314,16 +314,16 @@ class RecordingEmbeddings(CountingEmbeddings):
         return super().embed_documents(texts)
 
 
-def test_the_embedder_sees_the_first_embed_words_and_the_keyword_index_every_word(settings, corpus):
+def test_the_embedder_sees_the_first_embed_tokens_and_the_keyword_index_every_word(settings, corpus):
     recording = RecordingEmbeddings()
-    ingest([corpus], settings.with_overrides(embed_words=12), recording)
-    assert recording.given and max(len(text.split()) for text in recording.given) == 12
+    ingest([corpus], settings.with_overrides(embed_tokens=12), recording)
+    assert recording.given and max(len(re.findall(r"\w+|[^\w\s]", text)) for text in recording.given) <= 12
     longest = max(texts(settings), key=lambda text: len(text.split()))
     assert len(longest.split()) > 12
     hits = search(" ".join(longest.split()[-3:]), 10, settings.with_overrides(retrieval="lexical"), recording)
     assert longest in [doc.page_content for doc, _ in hits]  # found by words the embedder never saw
-    with pytest.raises(IncompatibleCollection, match=r"embed_words 12 \(this ingest: 0\)"):
-        ingest([corpus], settings.with_overrides(embed_words=0), recording)
+    with pytest.raises(IncompatibleCollection, match=r"embed_tokens 12 \(this ingest: 0\)"):
+        ingest([corpus], settings.with_overrides(embed_tokens=0), recording)
 
 
 def test_other_embedder_is_refused_before_embedding(settings, corpus, counting):

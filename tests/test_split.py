@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.documents import Document
 
-from rag.split import BadSplitterSettings, content_hash, embedding_text, first_words, split_documents
+from rag.split import BadSplitterSettings, content_hash, embedding_text, first_tokens, split_documents
 
 MARKDOWN = "# Guide\n\nIntro paragraph. " + "Filler sentence here. " * 12 + "\n\n## Install\n\nRun the installer. " + "More words. " * 10 + "\n\n## Use\n\n" + "Open the app. " * 15
 
@@ -97,10 +97,13 @@ def test_embedded_text_has_title_and_section_in_front_the_chunk_does_not():
     assert embedding_text("plain", {"title": "T"}) == "plain"  # chunks of the splitter before sections: as they were
 
 
-def test_first_words_cuts_what_the_embedder_sees():
-    assert first_words("Title > Section\n\none  two\tthree four", 3) == "Title > Section"
-    assert first_words("one two\nthree", 5) == "one two\nthree"  # short enough: unchanged
-    assert first_words("one two three", 0) == "one two three"  # 0: all of it
+def test_first_tokens_cuts_what_the_embedder_sees_at_whole_words():
+    assert first_tokens("Title > Section\n\none  two\tthree four", 5) == "Title > Section one two"
+    assert first_tokens("git rm --cached file", 4) == "git rm"  # --cached is 3 tokens: it would end at 5
+    assert first_tokens("git-rm(1) > OPTIONS", 3) == "git-rm(1)"  # a first word is kept whole, however long
+    assert first_tokens("one two\nthree", 5) == "one two\nthree"  # short enough: unchanged
+    assert first_tokens("one, two.", 4) == "one, two."  # exactly the limit: unchanged
+    assert first_tokens("one two three", 0) == "one two three"  # 0: all of it
 
 
 def test_restructuredtext_sections():

@@ -49,8 +49,8 @@ def test_profile_is_recorded_and_mismatches_refused(settings):
         check_profile(reopened, {**PROFILE, "chunk_size": 800})
     with pytest.raises(IncompatibleCollection, match=r"embedder 'Fake:384' \(this search: 'Other:768'\).*--reindex"):
         check_profile(reopened, {"embedder": "Other:768"}, what="search")
-    with pytest.raises(IncompatibleCollection, match=r"no embed_words \(an older version built it; this ingest: 48\).*--reindex"):
-        check_profile(reopened, {**PROFILE, "embed_words": 48})
+    with pytest.raises(IncompatibleCollection, match=r"no embed_tokens \(an older version built it; this ingest: 48\).*--reindex"):
+        check_profile(reopened, {**PROFILE, "embed_tokens": 48})
 
 
 def test_a_collection_from_before_embedder_identities_is_refused(settings):

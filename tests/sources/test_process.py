@@ -131,6 +131,18 @@ def test_time_the_consumer_spends_embedding_is_not_counted_against_the_source_ti
     assert (excused.status, excused.title) == ("loaded", "Late"), excused.reason
 
 
+@pytest.mark.integration
+def test_a_prestarted_child_is_the_one_the_next_load_uses(note):
+    loader_process.prestart(memory_mb=0)
+    loader_process.prestart(memory_mb=0)  # one is idle already: no second
+    [started] = _idle_children()
+    with IsolatedLoader(timeout=30, memory_mb=0) as loader:
+        assert loader.load(LoadRequest(str(note), LoadOptions())).status == "loaded"
+        assert loader._process is started
+    loader_process.shutdown()
+    assert not started.alive() and _idle_children() == []
+
+
 def test_busy_clock_counts_only_while_started():
     clock = BusyClock()
     assert clock.seconds() == 0.0

@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
@@ -43,7 +44,6 @@ from rag.embed import embedder_id
 from rag.errors import RagError
 from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
 from rag.repair import sources_to_rebuild
-from rag.retrieval import hit_to_dict, search  # noqa: F401 (rag.indexing.search: the retriever's search)
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
 from rag.sources.process import BusyClock, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split, prestart
 from rag.settings import Settings
@@ -496,6 +496,16 @@ def forget(sources: Iterable[str], settings: Settings | None = None) -> IndexRep
             lexical.close()
     report.seconds = round(time.monotonic() - started, 3)
     return report
+
+
+def __getattr__(name: str) -> Any:
+    """``search`` and ``hit_to_dict`` are the retriever's (:mod:`rag.retrieval`), imported on first use:
+    an ingest does without LangChain's runnables and tracers (a third of a second to import)."""
+    if name in ("search", "hit_to_dict"):
+        from rag import retrieval
+
+        return getattr(retrieval, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["hit_to_dict", "IndexReport", "ingest", "search", "list_sources", "forget", "IncompatibleCollection", "RagError"]

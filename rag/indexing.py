@@ -45,7 +45,16 @@ from rag.errors import RagError
 from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
 from rag.repair import sources_to_rebuild
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
-from rag.sources.process import BusyClock, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split, prestart
+from rag.sources.process import (
+    LOADER_NICENESS,
+    BusyClock,
+    IsolatedLoader,
+    LoadOutcome,
+    LoadRequest,
+    check_unchanged,
+    load_and_split,
+    prestart,
+)
 from rag.settings import Settings
 from rag.split import build_splitter, embedding_text, first_tokens, splitter_profile
 from rag.store import (
@@ -157,7 +166,7 @@ def ingest(
     found = expand_inputs(inputs, settings.include, settings.exclude, settings.include_hidden)
     report = IndexReport(store=store_location(settings), collection=settings.collection, sources=len(found.sources))
     if found.sources and settings.isolate_loaders and os.name == "posix":
-        prestart(settings.loader_memory_mb)  # ready by the time the store is open and the embedder loaded
+        prestart(settings.loader_memory_mb, LOADER_NICENESS)  # ready by the time the store is open and the embedder loaded
     with store_lock(settings, "rag ingest"):
         if reindex and not settings.chroma_url:  # damaged files Chroma or SQLite cannot even open are moved aside first
             from rag.store_check import set_aside_damage

@@ -39,8 +39,9 @@ from rag.sources.load import LoadOptions, RawSource
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!Q")
-# The child's niceness: parsing ahead must not take a core from the embedder, whose threads
-# wait for each other (on 2 cores, an ingest overlapping its loader at equal priority took 1.2-1.5x as long).
+# The niceness of a child whose caller's busy time is excused (ingest): parsing ahead must not take a core
+# from the embedder, whose threads wait for each other (on 2 cores, an ingest overlapping its loader at
+# equal priority took 1.15-1.45x as long).
 LOADER_NICENESS = 19
 _memory_limit_mb = 0  # set in the child
 _reserve: bytearray | None = None  # set in the child: memory to give back when it runs out
@@ -144,10 +145,10 @@ class LoaderCrashed(RagError, RuntimeError):
 class BusyClock:
     """Seconds the consumer of the outcomes spends on its own work (embedding), counted as it goes.
 
-    The child runs at low priority (:data:`LOADER_NICENESS`): while the consumer embeds on
-    every core, the child barely gets a CPU. That time is excused from ``source_timeout``,
-    so a source never fails for waiting on the embedder; a hostile one still costs the
-    consumer at most ``source_timeout`` of waiting.
+    An :class:`IsolatedLoader` given one runs its child at low priority (:data:`LOADER_NICENESS`):
+    while the consumer embeds on every core, the child barely gets a CPU. That time is excused
+    from ``source_timeout``, so a source never fails for waiting on the embedder; a hostile one
+    still costs the consumer at most ``source_timeout`` of waiting.
     """
 
     def __init__(self) -> None:
@@ -170,12 +171,13 @@ class BusyClock:
 class LoaderProcess:
     """One child running :func:`load_and_split` on request."""
 
-    def __init__(self, memory_mb: int) -> None:
+    def __init__(self, memory_mb: int, niceness: int = 0) -> None:
         self.memory_mb = memory_mb
+        self.niceness = niceness
         quiet = not logging.getLogger("rag").isEnabledFor(logging.DEBUG)
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _child_command(memory_mb)],
+                [sys.executable, "-c", _child_command(memory_mb, niceness)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL if quiet else None,
@@ -259,14 +261,14 @@ class LoaderProcess:
         self.kill()
 
 
-def _child_command(memory_mb: int) -> str:
+def _child_command(memory_mb: int, niceness: int) -> str:
     """Python code that starts the child; it imports this same ``rag`` (a checkout or an install)."""
     import sysconfig
 
     root = str(Path(__file__).resolve().parents[2])  # the folder holding rag/
     installed = {str(Path(sysconfig.get_paths()[key]).resolve()) for key in ("purelib", "platlib")}
     prefix = "" if root in installed else f"import sys; sys.path.insert(0, {root!r}); "
-    return prefix + f"from rag.sources.process import _child_main; _child_main({int(memory_mb)})"
+    return prefix + f"from rag.sources.process import _child_main; _child_main({int(memory_mb)}, {int(niceness)})"
 
 
 def _read_exact(fd: int, size: int, deadline: Callable[[], float]) -> bytes | None:
@@ -295,14 +297,14 @@ _idle: list[LoaderProcess] = []
 _idle_lock = threading.Lock()
 
 
-def _borrow(memory_mb: int) -> LoaderProcess:
+def _borrow(memory_mb: int, niceness: int) -> LoaderProcess:
     with _idle_lock:
         while _idle:
             process = _idle.pop()
-            if process.alive() and process.memory_mb == memory_mb:
+            if process.alive() and (process.memory_mb, process.niceness) == (memory_mb, niceness):
                 return process
             process.close()
-    return LoaderProcess(memory_mb)
+    return LoaderProcess(memory_mb, niceness)
 
 
 def _give_back(process: LoaderProcess) -> None:
@@ -315,13 +317,13 @@ def _give_back(process: LoaderProcess) -> None:
             _idle.append(process)
 
 
-def prestart(memory_mb: int) -> None:
+def prestart(memory_mb: int, niceness: int = 0) -> None:
     """Start a loader process now unless one is idle, so that its start-up (about 0.5 s of
     imports) overlaps the caller's own (opening the store, loading the embedder)."""
     with _idle_lock:
-        if any(process.memory_mb == memory_mb for process in _idle):
+        if any((process.memory_mb, process.niceness) == (memory_mb, niceness) for process in _idle):
             return
-    process = LoaderProcess(memory_mb)
+    process = LoaderProcess(memory_mb, niceness)
     with _idle_lock:
         _idle.append(process)
 
@@ -346,6 +348,7 @@ class IsolatedLoader:
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.excused = excused  # the consumer's busy time, not counted against the timeout
+        self.niceness = LOADER_NICENESS if excused is not None else 0
         self._process: LoaderProcess | None = None
         self._lock = threading.Lock()
         self._aborted = False
@@ -359,7 +362,7 @@ class IsolatedLoader:
             if self._aborted:
                 raise LoaderCrashed("loading was stopped")
             if self._process is None or not self._process.alive():
-                self._process = _borrow(self.memory_mb)
+                self._process = _borrow(self.memory_mb, self.niceness)
             process = self._process
             process.busy = True  # from here on, close() in another thread must not pool it
         try:
@@ -437,17 +440,18 @@ def load_each(requests: Iterable[LoadRequest], timeout: float, memory_mb: int, i
 # --- the child ------------------------------------------------------------------------------------
 
 
-def _child_main(memory_mb: int) -> None:
+def _child_main(memory_mb: int, niceness: int = 0) -> None:
     import importlib
     import warnings
 
     global _memory_limit_mb, _reserve
 
     warnings.simplefilter("ignore")
-    try:
-        os.nice(LOADER_NICENESS)
-    except OSError:
-        pass
+    if niceness:
+        try:
+            os.nice(niceness)
+        except OSError:
+            pass
     # Import the parsers before capping memory, so the cap measures the work, not the imports.
     for module in ("bs4", "charset_normalizer", "pypdf", "requests", "langchain_text_splitters", "rag.sources.load", "rag.split", "rag.sources.web"):
         importlib.import_module(module)

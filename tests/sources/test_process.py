@@ -102,12 +102,18 @@ def test_ctrl_c_during_a_load_kills_the_child_and_pools_nothing(note):
 # --- the child yields the CPU to the embedder, and is not timed while it does --------------------------
 
 
+def _child_niceness(loader: IsolatedLoader, note: Path) -> int:
+    assert loader.load(LoadRequest(str(note), LoadOptions())).status == "loaded"
+    return os.getpriority(os.PRIO_PROCESS, loader._process.process.pid)
+
+
 @pytest.mark.integration
-def test_the_loader_child_runs_at_the_lowest_priority(note):
-    with IsolatedLoader(timeout=30, memory_mb=0) as loader:
-        assert loader.load(LoadRequest(str(note), LoadOptions())).status == "loaded"
-        child = loader._process.process.pid
-        assert os.getpriority(os.PRIO_PROCESS, child) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + loader_process.LOADER_NICENESS)
+def test_a_child_whose_callers_busy_time_is_excused_runs_at_the_lowest_priority_and_no_other(note):
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with IsolatedLoader(timeout=30, memory_mb=0, excused=BusyClock()) as loader:  # ingest's
+        assert _child_niceness(loader, note) == min(19, own + loader_process.LOADER_NICENESS)
+    with IsolatedLoader(timeout=30, memory_mb=0) as loader:  # summarize's and batch jobs': their time limit is wall-clock
+        assert _child_niceness(loader, note) == own  # not the lowly idle child above
 
 
 PAGE = Page(b"<html><head><title>Late</title></head><body><p>A page that took its time.</p></body></html>")

@@ -47,7 +47,6 @@ from rag.repair import sources_to_rebuild
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
 from rag.sources.process import (
     LOADER_NICENESS,
-    BusyClock,
     IsolatedLoader,
     LoadOutcome,
     LoadRequest,
@@ -408,8 +407,7 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
         for request in requests:
             yield load_and_split(request)
         return
-    consuming = BusyClock()  # the consumer embedding: the niced child barely runs then
-    loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb, consuming)
+    loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb, LOADER_NICENESS)  # yields the CPU to the embedder
     results: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
     done = object()
@@ -445,9 +443,7 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
                 return
             if isinstance(item, BaseException):
                 raise item
-            consuming.start()
             yield item
-            consuming.stop()
     finally:
         stop.set()
         if not finished:

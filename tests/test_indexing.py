@@ -416,7 +416,7 @@ def test_a_hanging_source_costs_at_most_the_time_limit(settings, corpus, countin
             [corpus, site.url("/slow")], settings.with_overrides(allow_private_network=True, source_timeout=2), counting
         )
         elapsed = time.monotonic() - started
-    # The loader's clock or the child's own download limit, whichever ends first (time spent embedding is excused from the first).
+    # The loader's clock or the child's own download limit, whichever ends first.
     assert [failure.reason for failure in report.failures] in (
         ["took longer than the 2 s per-source limit (source_timeout)"],
         [f"{site.url('/slow')} took longer than 2 s to download"],

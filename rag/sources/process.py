@@ -39,10 +39,11 @@ from rag.sources.load import LoadOptions, RawSource
 logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!Q")
-# The niceness of a child whose caller's busy time is excused (ingest): parsing ahead must not take a core
-# from the embedder, whose threads wait for each other (on 2 cores, an ingest overlapping its loader at
-# equal priority took 1.15-1.45x as long).
-LOADER_NICENESS = 19
+# The niceness of ingest's child (Linux, where its time without a CPU can be excused from the limit):
+# parsing ahead must not take a core from the embedder, whose threads wait for each other (on 2 cores,
+# an ingest overlapping its loader at equal priority took 1.15-1.45x as long).
+LOADER_NICENESS = 19 if sys.platform.startswith("linux") else 0
+_DEADLINE_CHECK_S = 0.25  # how often a wait for the child looks at its deadline (and samples the child)
 _memory_limit_mb = 0  # set in the child
 _reserve: bytearray | None = None  # set in the child: memory to give back when it runs out
 
@@ -142,30 +143,33 @@ class LoaderCrashed(RagError, RuntimeError):
     """The loader process died or was stopped; the message says how."""
 
 
-class BusyClock:
-    """Seconds the consumer of the outcomes spends on its own work (embedding), counted as it goes.
+class _Starvation:
+    """Seconds a child process spent ready to run without getting a CPU, from samples of ``/proc`` (Linux).
 
-    An :class:`IsolatedLoader` given one runs its child at low priority (:data:`LOADER_NICENESS`):
-    while the consumer embeds on every core, the child barely gets a CPU. That time is excused
-    from ``source_timeout``, so a source never fails for waiting on the embedder; a hostile one
-    still costs the consumer at most ``source_timeout`` of waiting.
+    Each sample that finds the child runnable counts the wall time since the previous sample
+    less the CPU time it had meanwhile. A child waiting on the network sleeps and counts
+    nothing; one parsing at full speed counts nothing. Elsewhere (no ``/proc``) it stays 0.
     """
 
-    def __init__(self) -> None:
-        self._spent = 0.0
-        self._since: float | None = None
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/stat")
+        self.seconds = 0.0
+        self._last = self._sample()
 
-    def start(self) -> None:
-        self._since = time.monotonic()
+    def _sample(self) -> tuple[float, float, bool] | None:
+        try:
+            fields = self.path.read_text().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):
+            return None
+        return time.monotonic(), cpu, fields[0] == "R"
 
-    def stop(self) -> None:
-        if self._since is not None:
-            self._spent += time.monotonic() - self._since
-            self._since = None
-
-    def seconds(self) -> float:
-        since = self._since
-        return self._spent + (time.monotonic() - since if since is not None else 0.0)
+    def update(self) -> float:
+        sample = self._sample()
+        if sample is not None and self._last is not None and sample[2]:
+            self.seconds += max(0.0, (sample[0] - self._last[0]) - (sample[1] - self._last[1]))
+        self._last = sample or self._last
+        return self.seconds
 
 
 class LoaderProcess:
@@ -190,8 +194,9 @@ class LoaderProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def run(self, request: LoadRequest, timeout: float, excused: BusyClock | None = None) -> LoadOutcome:
-        """Send one request and wait for its result at most ``timeout`` seconds, plus what ``excused`` counts meanwhile.
+    def run(self, request: LoadRequest, timeout: float) -> LoadOutcome:
+        """Send one request and wait for its result at most ``timeout`` seconds, plus the time the
+        child was ready to run but had no CPU (a low-priority child on a busy machine).
 
         Raises ``TimeoutError`` (the child is then killed) or :class:`LoaderCrashed`.
         """
@@ -203,10 +208,10 @@ class LoaderProcess:
         except (BrokenPipeError, OSError):
             raise LoaderCrashed(self._death()) from None
         limit = time.monotonic() + timeout
-        excused_before = excused.seconds() if excused is not None else 0.0
+        starvation = _Starvation(self.process.pid)
 
         def deadline() -> float:
-            return limit + (excused.seconds() - excused_before if excused is not None else 0.0)
+            return limit + starvation.update()
 
         fd = self.process.stdout.fileno()
         header = _read_exact(fd, _HEADER.size, deadline)
@@ -281,8 +286,8 @@ def _read_exact(fd: int, size: int, deadline: Callable[[], float]) -> bytes | No
             return None
         poller = select.poll()  # not select.select(): it fails on descriptors >= 1024 (a long-lived process has many open)
         poller.register(fd, select.POLLIN)
-        if not poller.poll(wait * 1000):
-            continue  # past the deadline as it was: ask again
+        if not poller.poll(min(wait, _DEADLINE_CHECK_S) * 1000):
+            continue  # ask the deadline again: it may have moved
         part = os.read(fd, min(remaining, 1 << 20))
         if not part:
             return b""
@@ -344,11 +349,10 @@ class IsolatedLoader:
     ``abort()`` may be called from another thread: it kills the child mid-request.
     """
 
-    def __init__(self, timeout: float, memory_mb: int, excused: BusyClock | None = None) -> None:
+    def __init__(self, timeout: float, memory_mb: int, niceness: int = 0) -> None:
         self.timeout = timeout
         self.memory_mb = memory_mb
-        self.excused = excused  # the consumer's busy time, not counted against the timeout
-        self.niceness = LOADER_NICENESS if excused is not None else 0
+        self.niceness = niceness  # added to the child's: LOADER_NICENESS for a child that runs ahead of an embedder
         self._process: LoaderProcess | None = None
         self._lock = threading.Lock()
         self._aborted = False
@@ -366,7 +370,7 @@ class IsolatedLoader:
             process = self._process
             process.busy = True  # from here on, close() in another thread must not pool it
         try:
-            outcome = process.run(request, self.timeout, self.excused)
+            outcome = process.run(request, self.timeout)
             if outcome.retire:
                 self._forget(process)
             return outcome

@@ -45,39 +45,12 @@ from rag.errors import RagError
 from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
 from rag.repair import sources_to_rebuild
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
-from rag.sources.process import (
-    LOADER_NICENESS,
-    IsolatedLoader,
-    LoadOutcome,
-    LoadRequest,
-    check_unchanged,
-    load_and_split,
-    prestart,
-)
+from rag.sources.process import LOADER_NICENESS, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split, prestart
 from rag.settings import Settings
 from rag.split import build_splitter, embedding_text, first_tokens, splitter_profile
-from rag.store import (
-    EmptyStore,
-    IncompatibleCollection,
-    NotIndexed,
-    SourceEntry,
-    batched,
-    check_dimension,
-    check_profile,
-    chunk_id,
-    chunks_of_source,
-    clean_metadata,
-    delete_chunks,
-    open_client,
-    open_collection,
-    open_record,
-    read_profile,
-    recorded_sources,
-    store_location,
-    store_lock,
-    vectors_for_hashes,
-    write_profile,
-)
+from rag.store import EmptyStore, IncompatibleCollection, NotIndexed, SourceEntry, batched, check_dimension, check_profile
+from rag.store import chunk_id, chunks_of_source, clean_metadata, delete_chunks, open_client, open_collection, open_record
+from rag.store import read_profile, recorded_sources, store_location, store_lock, vectors_for_hashes, write_profile
 from rag.vector_cache import embed_missing
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from langchain_core.documents import Document
 from rag.errors import RagError
 
 # Recorded with each collection; bump when the separators or the sectioning change.
-SPLITTER_ID = "sections-v2"  # v2: a heading alone is never a chunk (found by tests/fuzz)
+SPLITTER_ID = "sections-v3"  # v2: a heading alone is never a chunk (found by tests/fuzz); v3: site titles (_same_heading)
 LEGACY_SPLITTER_ID = "recursive-v2"  # before issue 15: no sections, the chunk text embedded alone
 SECTION_SEPARATOR = " > "
 
@@ -38,6 +38,7 @@ _MARKS = re.compile(r"[ \t]*[\u00b6\uf0c1\U0001f517][ \t]*(?=\n|$)|[\u200b\u200c
 _MD_HEADING = re.compile(r"(#{1,6})[ \t]+(\S.*?)[ \t#]*$")
 _RST_ADORNMENT = re.compile(r"([=\-`:'\"~^_*+#<>.])\1{2,}[ \t]*$")
 _FENCE = re.compile(r"^(```|~~~)")
+_WORD = re.compile(r"\w+")
 
 
 class BadSplitterSettings(RagError, ValueError):
@@ -109,8 +110,16 @@ def first_tokens(text: str, limit: int) -> str:
 
 
 def _same_heading(heading: str, title: str) -> bool:
+    """Whether a page's first heading names what its title does: equal, one the start of the other,
+    or two thirds of the shorter's words (numbers aside) in the other: a site's "Git - git-stash
+    Documentation" and the page's "git-stash(1) Manual Page", not "Python 3.12 documentation" and
+    "Python 3.12 release notes"."""
     heading, title = heading.casefold(), title.casefold()
-    return heading == title or heading.startswith(title) or title.startswith(heading)
+    if heading == title or heading.startswith(title) or title.startswith(heading):
+        return True
+    heading_words, title_words = ({word for word in _WORD.findall(text) if not word.isdigit()} for text in (heading, title))
+    shorter = min(len(heading_words), len(title_words))
+    return shorter > 0 and 3 * len(heading_words & title_words) >= 2 * shorter
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.documents import Document
 
-from rag.split import BadSplitterSettings, content_hash, embedding_text, first_tokens, split_documents
+from rag.split import SECTION_SEPARATOR, BadSplitterSettings, chunk_heading, content_hash, embedding_text, first_tokens, split_documents
 
 MARKDOWN = "# Guide\n\nIntro paragraph. " + "Filler sentence here. " * 12 + "\n\n## Install\n\nRun the installer. " + "More words. " * 10 + "\n\n## Use\n\n" + "Open the app. " * 15
 
@@ -95,6 +95,20 @@ def test_embedded_text_has_title_and_section_in_front_the_chunk_does_not():
     assert embedded.startswith("Tutorial > 12. Virtual Environments and Packages > 12.2. Creating Virtual Environments\n\n")
     assert embedded.endswith(chunk.page_content) and not chunk.page_content.startswith("Tutorial")
     assert embedding_text("plain", {"title": "T"}) == "plain"  # chunks of the splitter before sections: as they were
+
+
+@pytest.mark.parametrize(
+    ("title", "first_heading", "heading"),
+    [
+        ("git-rm(1)", "git-rm(1) Manual Page", "git-rm(1) > OPTIONS"),  # the first heading starts with the title
+        ("Git - git-rm Documentation", "git-rm(1) Manual Page", "Git - git-rm Documentation > OPTIONS"),  # a site's title, in other words
+        ("Python 3.12 documentation", "Python 3.12 release notes", "Python 3.12 documentation > Python 3.12 release notes > OPTIONS"),
+        ("Git Book", "Git Basics", "Git Book > Git Basics > OPTIONS"),
+    ],
+)
+def test_a_first_heading_naming_the_page_the_title_names_is_left_out_of_the_heading(title, first_heading, heading):
+    metadata = {"title": title, "section": f"{first_heading}{SECTION_SEPARATOR}OPTIONS"}
+    assert chunk_heading(metadata) == heading
 
 
 def test_first_tokens_cuts_what_the_embedder_sees_at_whole_words():

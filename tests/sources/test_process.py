@@ -124,7 +124,6 @@ def test_time_a_low_priority_child_waits_for_a_cpu_is_not_counted_against_the_so
     request = LoadRequest(str(page), LoadOptions())
     with IsolatedLoader(timeout=30, memory_mb=0, niceness=19) as loader:
         loader.load(request)  # started, imports done
-        started = time.process_time()
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
         try:
             loader.timeout = 1.0  # the child gets about 1.5% of a CPU now: the parse takes seconds
@@ -136,7 +135,7 @@ def test_time_a_low_priority_child_waits_for_a_cpu_is_not_counted_against_the_so
                 hog.kill()
                 hog.wait()
     assert outcome.status == "loaded", outcome.reason
-    assert wall > 1.0 and time.process_time() - started < wall  # it did wait past the limit, for a CPU
+    assert wall > loader.timeout  # past the limit: its time without a CPU was excused
 
 
 @pytest.mark.integration

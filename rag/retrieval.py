@@ -94,10 +94,12 @@ class RagRetriever(BaseRetriever):
                 entry["rrf"] += self.lexical_weight / (RRF_K + rank)
                 entry["methods"].append("lexical")
                 entry["bm25"] = bm25
+                entry["lexical_rank"] = rank
             self._fill_lexical_only(ranked, vector)
         order = sorted(ranked.items(), key=lambda item: -item[1]["rrf"])
         hits: list[Document] = []
         seen: set[str] = set()
+        keyword_best = None
         for chunk_id, entry in order:
             if "text" not in entry:
                 continue  # in the lexical index but no longer in Chroma (a crash being recovered)
@@ -107,10 +109,13 @@ class RagRetriever(BaseRetriever):
             seen.add(digest)
             score = entry["score"] if "score" in entry else entry.get("bm25", 0.0)
             metadata = {**entry["metadata"], "score": float(score), "method": "+".join(entry["methods"]), "id": chunk_id}
-            hits.append(Document(page_content=entry["text"], metadata=metadata))
+            hit = Document(page_content=entry["text"], metadata=metadata)
+            if entry.get("lexical_rank") == 1:
+                keyword_best = hit
+            hits.append(hit)
             if len(hits) == self.k:
                 break
-        hits = self._cut(hits)
+        hits = self._cut(hits, keyword_best)
         self._mark_unmentioned(query, hits)
         for rank, hit in enumerate(hits, start=1):
             hit.metadata["rank"] = rank
@@ -141,8 +146,12 @@ class RagRetriever(BaseRetriever):
             if vector is not None:
                 entry["score"] = _cosine(vector, embeddings[index]) if embeddings is not None else 0.0
 
-    def _cut(self, hits: list[Document]) -> list[Document]:
-        """Drop hits below ``min_score`` (all of them, if none reaches it) or far below the best one (``min_score_ratio``)."""
+    def _cut(self, hits: list[Document], keyword_best: Document | None = None) -> list[Document]:
+        """Drop hits below ``min_score`` (all of them, if none reaches it) or far below the best one (``min_score_ratio``).
+
+        ``keyword_best``, the keyword index's first, stays when another hit reaches ``min_score``:
+        it holds the question's words, and a low cosine similarity is then the embedder's miss.
+        """
         if not hits or (self.min_score <= 0 and self.min_score_ratio <= 0) or self.method == "lexical":
             return hits
         best = max(hit.metadata["score"] for hit in hits)
@@ -150,7 +159,7 @@ class RagRetriever(BaseRetriever):
             logger.info("no chunk reaches min_score %.3f (best %.3f): nothing retrieved", self.min_score, best)
             return []
         floor = max(self.min_score, best * self.min_score_ratio)
-        kept = [hit for index, hit in enumerate(hits) if index == 0 or hit.metadata["score"] >= floor]
+        kept = [hit for index, hit in enumerate(hits) if index == 0 or hit is keyword_best or hit.metadata["score"] >= floor]
         cut = [{"source": hit.metadata.get("source", ""), "score": round(hit.metadata["score"], 4)} for hit in hits if hit not in kept]
         if cut:
             kept[0].metadata["cut"] = cut

@@ -120,6 +120,17 @@ def test_cut_offs_drop_far_weaker_chunks_and_say_so(store, fake):
     assert absolute == []  # nothing reaches min_score: nothing is retrieved
 
 
+def test_the_keyword_indexs_best_chunk_is_not_cut_when_another_reaches_the_floor(store, fake):
+    keyword_best = retriever(store.model_copy(update={"retrieval": "lexical"}), fake, k=1).invoke("re.sub")[0]
+    chosen = retriever(store.model_copy(update={"min_score_ratio": 1.0}), fake, k=4)  # the best score alone reaches the floor
+    chosen.lexical_weight = 0.001  # the fused order is the vector order: the keyword index's best is not first
+    hybrid = chosen.invoke("re.sub")
+    assert [doc.page_content for doc in hybrid[1:]] == [keyword_best.page_content]  # below the floor, kept
+    assert keyword_best.metadata["score"] < hybrid[0].metadata["score"]
+    vector_only = retriever(store.model_copy(update={"retrieval": "vector", "min_score_ratio": 1.0}), fake, k=4).invoke("re.sub")
+    assert keyword_best.page_content not in [doc.page_content for doc in vector_only]  # vector search alone cuts it
+
+
 def test_search_is_the_retriever(store, fake):
     hits = search("re.sub", 2, store, fake)
     docs = retriever(store, fake, k=2).invoke("re.sub")

@@ -137,7 +137,7 @@ def ingest(
     build_splitter("text", settings.chunk_size, settings.chunk_overlap)  # bad splitter settings fail here
     found = expand_inputs(inputs, settings.include, settings.exclude, settings.include_hidden)
     report = IndexReport(store=store_location(settings), collection=settings.collection, sources=len(found.sources))
-    if found.sources and settings.isolate_loaders and os.name == "posix":
+    if found.sources and _isolated(settings):
         prestart(settings.loader_memory_mb, LOADER_NICENESS)  # ready by the time the store is open and the embedder loaded
     with store_lock(settings, "rag ingest"):
         if reindex and not settings.chroma_url:  # damaged files Chroma or SQLite cannot even open are moved aside first
@@ -369,6 +369,11 @@ class _IngestRun:
         logger.info("removed %s (%d chunks)", entry.source, len(existing))
 
 
+def _isolated(settings: Settings) -> bool:
+    """Whether sources load in the child process (it needs POSIX pipes and rlimits)."""
+    return settings.isolate_loaders and os.name == "posix"
+
+
 def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator[LoadOutcome]:
     """Load and split sources in a background thread (and child process), a couple ahead of the consumer.
 
@@ -376,7 +381,7 @@ def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator
     process (started on first need, at low priority), which fetches and parses them under
     the time and memory limits while the consumer embeds.
     """
-    if not settings.isolate_loaders or os.name != "posix":  # the child process needs POSIX pipes and rlimits
+    if not _isolated(settings):
         for request in requests:
             yield load_and_split(request)
         return

@@ -83,23 +83,23 @@ class RagRetriever(BaseRetriever):
         depth = max(self.k * 3, MIN_CANDIDATES)
         vector = self._embed(query) if self.method != "lexical" else None
         ranked: dict[str, dict] = {}
+        keyword_first = None
         if vector is not None:
             found = query_nearest(self.collection, vector, min(depth, self.collection.count()), embedder_id(self.embeddings))
             for rank, (chunk_id, text, metadata, distance) in enumerate(zip(found["ids"][0], found["documents"][0], found["metadatas"][0], found["distances"][0]), start=1):
                 ranked[chunk_id] = {"text": text, "metadata": metadata or {}, "score": 1.0 - float(distance), "rrf": 1.0 / (RRF_K + rank), "methods": ["vector"]}
         if self.method != "vector" and self.lexical is not None:
             lexical = self.lexical.search(query[:10_000], depth)
+            keyword_first = lexical[0][0] if lexical else None
             for rank, (chunk_id, bm25) in enumerate(lexical, start=1):
                 entry = ranked.setdefault(chunk_id, {"rrf": 0.0, "methods": [], "bm25": bm25})
                 entry["rrf"] += self.lexical_weight / (RRF_K + rank)
                 entry["methods"].append("lexical")
                 entry["bm25"] = bm25
-                entry["lexical_rank"] = rank
             self._fill_lexical_only(ranked, vector)
         order = sorted(ranked.items(), key=lambda item: -item[1]["rrf"])
         hits: list[Document] = []
         seen: set[str] = set()
-        keyword_best = None
         for chunk_id, entry in order:
             if "text" not in entry:
                 continue  # in the lexical index but no longer in Chroma (a crash being recovered)
@@ -109,13 +109,10 @@ class RagRetriever(BaseRetriever):
             seen.add(digest)
             score = entry["score"] if "score" in entry else entry.get("bm25", 0.0)
             metadata = {**entry["metadata"], "score": float(score), "method": "+".join(entry["methods"]), "id": chunk_id}
-            hit = Document(page_content=entry["text"], metadata=metadata)
-            if entry.get("lexical_rank") == 1:
-                keyword_best = hit
-            hits.append(hit)
+            hits.append(Document(page_content=entry["text"], metadata=metadata))
             if len(hits) == self.k:
                 break
-        hits = self._cut(hits, keyword_best)
+        hits = self._cut(hits, keyword_first)
         self._mark_unmentioned(query, hits)
         for rank, hit in enumerate(hits, start=1):
             hit.metadata["rank"] = rank
@@ -146,10 +143,10 @@ class RagRetriever(BaseRetriever):
             if vector is not None:
                 entry["score"] = _cosine(vector, embeddings[index]) if embeddings is not None else 0.0
 
-    def _cut(self, hits: list[Document], keyword_best: Document | None = None) -> list[Document]:
+    def _cut(self, hits: list[Document], keyword_first: str | None = None) -> list[Document]:
         """Drop hits below ``min_score`` (all of them, if none reaches it) or far below the best one (``min_score_ratio``).
 
-        ``keyword_best``, the keyword index's first, stays when another hit reaches ``min_score``:
+        The keyword index's first (chunk id ``keyword_first``) stays when another hit reaches ``min_score``:
         it holds the question's words, and a low cosine similarity is then the embedder's miss.
         """
         if not hits or (self.min_score <= 0 and self.min_score_ratio <= 0) or self.method == "lexical":
@@ -159,7 +156,7 @@ class RagRetriever(BaseRetriever):
             logger.info("no chunk reaches min_score %.3f (best %.3f): nothing retrieved", self.min_score, best)
             return []
         floor = max(self.min_score, best * self.min_score_ratio)
-        kept = [hit for index, hit in enumerate(hits) if index == 0 or hit is keyword_best or hit.metadata["score"] >= floor]
+        kept = [hit for index, hit in enumerate(hits) if index == 0 or hit.metadata["id"] == keyword_first or hit.metadata["score"] >= floor]
         cut = [{"source": hit.metadata.get("source", ""), "score": round(hit.metadata["score"], 4)} for hit in hits if hit not in kept]
         if cut:
             kept[0].metadata["cut"] = cut

@@ -194,6 +194,9 @@ class LoaderProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def fits(self, memory_mb: int, niceness: int) -> bool:
+        return (self.memory_mb, self.niceness) == (memory_mb, niceness)
+
     def run(self, request: LoadRequest, timeout: float) -> LoadOutcome:
         """Send one request and wait for its result at most ``timeout`` seconds, plus the time the
         child was ready to run but had no CPU (a low-priority child on a busy machine).
@@ -306,7 +309,7 @@ def _borrow(memory_mb: int, niceness: int) -> LoaderProcess:
     with _idle_lock:
         while _idle:
             process = _idle.pop()
-            if process.alive() and (process.memory_mb, process.niceness) == (memory_mb, niceness):
+            if process.alive() and process.fits(memory_mb, niceness):
                 return process
             process.close()
     return LoaderProcess(memory_mb, niceness)
@@ -326,7 +329,7 @@ def prestart(memory_mb: int, niceness: int = 0) -> None:
     """Start a loader process now unless one is idle, so that its start-up (about 0.5 s of
     imports) overlaps the caller's own (opening the store, loading the embedder)."""
     with _idle_lock:
-        if any((process.memory_mb, process.niceness) == (memory_mb, niceness) for process in _idle):
+        if any(process.fits(memory_mb, niceness) for process in _idle):
             return
     process = LoaderProcess(memory_mb, niceness)
     with _idle_lock:

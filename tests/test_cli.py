@@ -230,3 +230,19 @@ def test_read_only_commands_end_without_teardown_and_keep_output_and_status(sett
     assert models.returncode == 0 and json.loads(models.stdout)  # the whole JSON arrives
     empty = subprocess.run([sys.executable, "-m", "rag", "search", "lighthouse"], capture_output=True, text=True, env=env, timeout=120)
     assert empty.returncode == EXIT_ERROR and empty.stderr.count("error:") == 1 and "rag ingest" in empty.stderr
+
+
+@pytest.mark.integration  # the real embedder and Chroma, in a real process ended without teardown
+def test_ingest_ends_without_teardown_and_leaves_every_chunk_findable(settings, tmp_path):
+    from rag.store import open_collection, recorded_sources
+
+    env = {**os.environ, "RAG_DATA_DIR": str(settings.data_dir)}
+    done = subprocess.run([sys.executable, "-m", "rag", "ingest", "data", "--json"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)  # the whole JSON arrives
+    collection = open_collection(settings, create=False)
+    assert collection.count() == report["chunks_added"] > 0
+    probe = collection.get(limit=1, include=["embeddings"])["embeddings"][0]
+    found = collection.query(query_embeddings=[probe], n_results=report["chunks_added"])["ids"][0]
+    assert len(found) == report["chunks_added"]  # the vector index holds every chunk, not only Chroma's log
+    assert {entry.state for entry in recorded_sources(settings)} == {"indexed"}

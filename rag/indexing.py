@@ -12,8 +12,10 @@ Indexing is incremental and idempotent:
   writing marked pending; the next run redoes them and ends with exactly the
   chunks a clean run gives.
 
-Loading and splitting run ahead in a child process (see :mod:`rag.sources.process`)
-while this process embeds, so a hostile file costs at most ``source_timeout``.
+Loading and splitting run ahead in a child process (see :mod:`rag.sources.ahead`)
+while this process embeds, so a hostile file costs at most ``source_timeout``. New chunks
+are written to Chroma a few hundred at a time, across sources; a source is marked indexed
+once its chunks are written.
 
 Example::
 
@@ -29,12 +31,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,17 +45,19 @@ from rag.errors import RagError
 from rag.lexical import LexicalIndex, open_lexical_for_writing, sync_source
 from rag.repair import sources_to_rebuild
 from rag.sources import LoadFailure, LoadOptions, expand_inputs, source_key
-from rag.sources.process import LOADER_NICENESS, IsolatedLoader, LoadOutcome, LoadRequest, check_unchanged, load_and_split, prestart
+from rag.sources.ahead import load_ahead
+from rag.sources.process import LOADER_NICENESS, IsolatedLoader, LoadOutcome, LoadRequest, prestart
 from rag.settings import Settings
 from rag.split import build_splitter, embedding_text, first_tokens, splitter_profile
 from rag.store import EmptyStore, IncompatibleCollection, NotIndexed, SourceEntry, batched, check_dimension, check_profile
 from rag.store import chunk_id, chunks_of_source, clean_metadata, delete_chunks, open_client, open_collection, open_record
 from rag.store import read_profile, recorded_sources, store_location, store_lock, vectors_for_hashes, write_profile
-from rag.vector_cache import embed_missing
+from rag.vector_cache import VectorCache, embed_missing
 
 logger = logging.getLogger(__name__)
 
-EMBED_BATCH = 64  # chunks per embedding call: a progress step, and the unit written to Chroma
+EMBED_BATCH = 64  # chunks per embedding call: a progress step
+WRITE_BATCH = 512  # new chunks written to Chroma in one upsert, across sources: each upsert costs ~40 ms however small
 
 
 @dataclass
@@ -188,6 +190,10 @@ class _IngestRun:
         self.bar = None
         self.pruned_inputs: list[str] = []
         self.lexical: LexicalIndex | None = None
+        cache_key = str(self.profile["embedder"]) + (f" tokens:{settings.embed_tokens}" if settings.embed_tokens else "")
+        self.vector_cache = VectorCache.open(settings.store_path, cache_key)
+        self.unwritten: list[tuple[str, list[float], str, dict]] = []  # new chunks embedded, not yet in Chroma
+        self.unfinished: list[Callable[[], None]] = []  # what completes each source of them, once they are written
 
     def prepare(self, reindex: bool) -> list[str]:
         """Open (or drop and recreate) the collection and its lexical index; the sources to rebuild a damaged one from."""
@@ -215,6 +221,7 @@ class _IngestRun:
         if self.bar is not None:
             self.bar.close()
         self.record.close()
+        self.vector_cache.close()
         if self.lexical is not None:
             self.lexical.close()
 
@@ -228,7 +235,9 @@ class _IngestRun:
 
             self.bar = tqdm(total=len(sources), unit="source", desc="ingest", file=sys.stderr, dynamic_ncols=True)
         requests = iter([self._request(source) for source in sources])
-        with contextlib.closing(_load_ahead(requests, self.settings)) as outcomes:
+        settings = self.settings  # a loader process at low priority yields the CPU to the embedder
+        loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb, LOADER_NICENESS) if _isolated(settings) else None
+        with contextlib.closing(load_ahead(requests, loader)) as outcomes:
             for outcome in outcomes:
                 if outcome.status == "failed":
                     logger.info("could not load %s: %s", outcome.source, outcome.reason)
@@ -240,6 +249,7 @@ class _IngestRun:
                 if self.bar is not None:
                     self.bar.update(1)
                     self.bar.set_postfix(embedded=self.report.embedded, failed=len(self.report.failures), refresh=False)
+        self._write()
 
     def _request(self, source: str) -> LoadRequest:
         entry = self.record.get(source)
@@ -282,37 +292,35 @@ class _IngestRun:
         if self.lexical is not None:
             self.lexical.mark_dirty()  # until both indexes hold the same chunks
         for group in batched(new, EMBED_BATCH):
-            self._add_chunks([ids[i] for i in group], [texts[i] for i in group], [metadatas[i] for i in group])
+            self._embed_new([ids[i] for i in group], [texts[i] for i in group], [metadatas[i] for i in group])
         for group in batched(moved, self.limit):
             self.collection.update(ids=[ids[i] for i in group], metadatas=[metadatas[i] for i in group])
         delete_chunks(self.collection, stale, self.limit)
-        if self.lexical is not None:
-            sync_source(self.lexical, source, ids, texts, metadatas)
-        changed = bool(new or moved or stale)
-        self.record.mark_indexed(
-            source,
-            chunks=len(ids),
-            title=outcome.title,
-            kind=outcome.kind,
-            content_hash=outcome.content_hash or "",
-            validators=outcome.validators,
-            pipeline=self.options.signature,
-            changed=changed,
-        )
-        report = self.report
-        if previous is None or previous.content_hash is None:
-            report.sources_added += 1
-        elif changed:
-            report.sources_updated += 1
-        else:
-            report.sources_skipped += 1
-        report.chunks_added += len(new)
-        report.chunks_updated += len(moved)
-        report.chunks_skipped += len(ids) - len(new) - len(moved)
-        report.chunks_deleted += len(stale)
 
-    def _add_chunks(self, ids: list[str], texts: list[str], metadatas: list[dict]) -> None:
-        """Embed the texts not embedded yet (each distinct text once, none in the store's vector cache) and write the chunks."""
+        def finish() -> None:  # once the new chunks are in Chroma
+            if self.lexical is not None:
+                sync_source(self.lexical, source, ids, texts, metadatas)
+            changed = bool(new or moved or stale)
+            self.record.mark_indexed(
+                source, chunks=len(ids), title=outcome.title, kind=outcome.kind, content_hash=outcome.content_hash or "",
+                validators=outcome.validators, pipeline=self.options.signature, changed=changed,
+            )  # fmt: skip
+            report = self.report
+            if previous is None or previous.content_hash is None:
+                report.sources_added += 1
+            elif changed:
+                report.sources_updated += 1
+            else:
+                report.sources_skipped += 1
+            report.chunks_added += len(new)
+            report.chunks_updated += len(moved)
+            report.chunks_skipped += len(ids) - len(new) - len(moved)
+            report.chunks_deleted += len(stale)
+
+        self.unfinished.append(finish)
+
+    def _embed_new(self, ids: list[str], texts: list[str], metadatas: list[dict]) -> None:
+        """Embed the texts not embedded yet (each distinct text once, none in the store's vector cache); the chunks wait in ``unwritten``."""
         hashes = [metadata["chunk_hash"] for metadata in metadatas]
         vectors = vectors_for_hashes(self.collection, hashes)
         missing: dict[str, str] = {}
@@ -320,22 +328,28 @@ class _IngestRun:
             if digest not in vectors:
                 # title and section path in front, cut to the tokens the embedder is given
                 missing.setdefault(digest, first_tokens(embedding_text(text, metadata), self.settings.embed_tokens))
-        cache_key = str(self.profile["embedder"]) + (f" tokens:{self.settings.embed_tokens}" if self.settings.embed_tokens else "")
-        found, embedded = embed_missing(self.embeddings, missing, self.settings.store_path, cache_key)
+        found, embedded = embed_missing(self.embeddings, missing, self.vector_cache)
         if found:
             self._check_dimension(len(next(iter(found.values()))))
         vectors.update(found)
         self.report.embedded += embedded
         self.report.reused_vectors += len(hashes) - embedded
-        for group in batched(range(len(ids)), self.limit):
-            self.collection.upsert(
-                ids=[ids[i] for i in group],
-                embeddings=[vectors[hashes[i]] for i in group],
-                documents=[texts[i] for i in group],
-                metadatas=[metadatas[i] for i in group],
-            )
+        self.unwritten.extend(zip(ids, [vectors[digest] for digest in hashes], texts, metadatas))
+        if len(self.unwritten) >= WRITE_BATCH:
+            self._write()
         if self.bar is not None:
             self.bar.set_postfix(embedded=self.report.embedded, failed=len(self.report.failures))
+
+    def _write(self) -> None:
+        """Write the chunks waiting in ``unwritten`` to Chroma in as few upserts as it takes, then finish the sources all of whose
+        chunks are written (a source being embedded finishes at a later write)."""
+        for group in batched(self.unwritten, self.limit):
+            ids, vectors, texts, metadatas = (list(column) for column in zip(*group))
+            self.collection.upsert(ids=ids, embeddings=vectors, documents=texts, metadatas=metadatas)
+        self.unwritten.clear()
+        for finish in self.unfinished:
+            finish()
+        self.unfinished.clear()
 
     def _check_dimension(self, dimension: int) -> None:
         if read_profile(self.collection).get("dimension") is None:
@@ -372,66 +386,6 @@ class _IngestRun:
 def _isolated(settings: Settings) -> bool:
     """Whether sources load in the child process (it needs POSIX pipes and rlimits)."""
     return settings.isolate_loaders and os.name == "posix"
-
-
-def _load_ahead(requests: Iterator[LoadRequest], settings: Settings) -> Iterator[LoadOutcome]:
-    """Load and split sources in a background thread (and child process), a couple ahead of the consumer.
-
-    Files are read and hashed in the thread; only changed ones, and URLs, go to the child
-    process (started on first need, at low priority), which fetches and parses them under
-    the time and memory limits while the consumer embeds.
-    """
-    if not _isolated(settings):
-        for request in requests:
-            yield load_and_split(request)
-        return
-    loader = IsolatedLoader(settings.source_timeout, settings.loader_memory_mb, LOADER_NICENESS)  # yields the CPU to the embedder
-    results: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
-    done = object()
-
-    def work() -> None:
-        try:
-            for request in requests:
-                if stop.is_set():
-                    return
-                checked = check_unchanged(request)  # unchanged files never reach the child process
-                outcome = checked if isinstance(checked, LoadOutcome) else loader.load(checked)
-                while not stop.is_set():
-                    try:
-                        results.put(outcome, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            if not stop.is_set():
-                results.put(error)
-        finally:
-            if not stop.is_set():
-                results.put(done)
-
-    thread = threading.Thread(target=work, name="rag-loader", daemon=True)
-    thread.start()
-    finished = False
-    try:
-        while True:
-            item = results.get()
-            if item is done:
-                finished = True
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        if not finished:
-            loader.abort()  # stopped early (an error or Ctrl-C): do not wait for the current source
-        while thread.is_alive():
-            try:
-                results.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.1)
-        loader.close()
 
 
 # --- reading the index ---------------------------------------------------------------------------------

@@ -110,23 +110,21 @@ class VectorCache:
         self.close()
 
 
-def embed_missing(embeddings: Embeddings, texts: Mapping[str, str], folder: Path, embedder: str) -> tuple[dict[str, list[float]], int]:
-    """(vectors of ``texts`` by digest, how many were computed): cached ones from ``folder``'s cache, the rest embedded and cached.
+def embed_missing(embeddings: Embeddings, texts: Mapping[str, str], cache: VectorCache) -> tuple[dict[str, list[float]], int]:
+    """(vectors of ``texts`` by digest, how many were computed): those in ``cache``, the rest embedded and added to it.
 
     Args:
         embeddings: the embedder, used only for the texts not in the cache.
         texts: the texts to embed, by the SHA-256 hex of each.
-        folder: the store folder holding the cache.
-        embedder: the embedder's id (:func:`rag.embed.embedder_id`).
+        cache: the store folder's cache, opened for this embedder (:meth:`VectorCache.open`).
     """
     if not texts:
         return {}, 0
-    with VectorCache.open(folder, embedder) as cache:
-        vectors = cache.get(texts)
-        wanted = {digest: text for digest, text in texts.items() if digest not in vectors}
-        if wanted:
-            # float32, as cached and as Chroma keeps them: a text gets the same vector embedded or cached
-            computed = {digest: array("f", vector).tolist() for digest, vector in zip(wanted, embeddings.embed_documents(list(wanted.values())))}
-            cache.put(computed)
-            vectors.update(computed)
+    vectors = cache.get(texts)
+    wanted = {digest: text for digest, text in texts.items() if digest not in vectors}
+    if wanted:
+        # float32, as cached and as Chroma keeps them: a text gets the same vector embedded or cached
+        computed = {digest: array("f", vector).tolist() for digest, vector in zip(wanted, embeddings.embed_documents(list(wanted.values())))}
+        cache.put(computed)
+        vectors.update(computed)
     return vectors, len(wanted)

@@ -99,6 +99,21 @@ def test_first_ingest_indexes_every_chunk_with_its_metadata(settings, corpus, co
     assert {"Kestrel Point Lighthouse", "Lake Varen Solar Boat Race", "QuokkaDB"} <= titles
 
 
+@pytest.mark.parametrize("write_batch", [512, 3])
+def test_new_chunks_of_several_sources_are_written_together(settings, corpus, counting, monkeypatch, write_batch):
+    """One upsert for the sources' new chunks (each costs ~40 ms however small), or one each time ``WRITE_BATCH`` is reached."""
+    from chromadb.api.models.Collection import Collection
+
+    upserts: list[int] = []
+    upsert = Collection.upsert
+    monkeypatch.setattr(Collection, "upsert", lambda self, **chunks: (upserts.append(len(chunks["ids"])), upsert(self, **chunks))[1])
+    monkeypatch.setattr("rag.indexing.WRITE_BATCH", write_batch)
+    report = ingest([corpus], settings, counting)
+    assert report.sources_added == 4 and sum(upserts) == report.chunks_added == len(stored(settings))
+    assert len(upserts) == 1 if write_batch > report.chunks_added else len(upserts) > 1
+    assert {entry.state for entry in list_sources(settings)} == {"indexed"}
+
+
 def test_reingest_of_unchanged_sources_embeds_nothing_and_adds_nothing(settings, corpus, counting):
     first = ingest([corpus], settings, counting)
     before = stored(settings)
@@ -510,6 +525,8 @@ def test_a_source_that_needs_too_much_memory_fails_alone(settings, corpus, count
 
 INTERRUPTED_RUN = """
 import sys
+import rag.indexing
+rag.indexing.WRITE_BATCH = 1  # each embedding call's chunks written at once, so that a stop finds some written
 from rag.indexing import ingest
 from rag.settings import Settings
 from tests.test_indexing import CountingEmbeddings

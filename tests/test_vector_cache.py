@@ -36,9 +36,11 @@ def test_many_lookups_in_one_call(tmp_path):
 def test_embed_missing_embeds_only_what_is_not_cached(tmp_path):
     counting = CountingEmbeddings()
     texts = {sha(text): text for text in ("one", "two")}
-    first, computed = embed_missing(counting, texts, tmp_path, "counting")
+    with VectorCache.open(tmp_path, "counting") as cache:
+        first, computed = embed_missing(counting, texts, cache)
     assert computed == 2 == counting.texts
-    second, computed = embed_missing(counting, {**texts, sha("three"): "three"}, tmp_path, "counting")
+    with VectorCache.open(tmp_path, "counting") as cache:  # kept on disk
+        second, computed = embed_missing(counting, {**texts, sha("three"): "three"}, cache)
     assert computed == 1 and counting.texts == 3
     assert {digest: second[digest] for digest in first} == first
 
@@ -47,11 +49,13 @@ def test_unusable_cache_only_costs_speed(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     counting = CountingEmbeddings()
-    vectors, computed = embed_missing(counting, {sha("x"): "x"}, blocked, "counting")
+    with VectorCache.open(blocked, "counting") as cache:
+        vectors, computed = embed_missing(counting, {sha("x"): "x"}, cache)
     assert computed == 1 and len(vectors) == 1
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / CACHE_FILE).write_bytes(b"this is not an SQLite database" * 10)
-    vectors, computed = embed_missing(counting, {sha("x"): "x"}, tmp_path / "store", "counting")
+    with VectorCache.open(tmp_path / "store", "counting") as cache:
+        vectors, computed = embed_missing(counting, {sha("x"): "x"}, cache)
     assert computed == 1 and len(vectors) == 1
 
 

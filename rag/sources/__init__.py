@@ -5,6 +5,7 @@
 - :mod:`rag.sources.text`, :mod:`rag.sources.html`, :mod:`rag.sources.pdf`: the parsers
 - :mod:`rag.sources.web`: the SSRF-safe fetcher
 - :mod:`rag.sources.process`: loading in a time- and memory-limited child process
+- :mod:`rag.sources.ahead`: loading a couple of sources ahead of the consumer, in a thread
 - :mod:`rag.sources.errors`: ``LoadError``, ``LoadFailure``, ``display_form``
 
 Example::

@@ -4,16 +4,18 @@ The store is real (Chroma on disk, the source record, the lexical index, the vec
 built with a fake embedder; its collection lowers Chroma's index sync threshold to 20 so that some
 50 chunks put an HNSW index on disk (a default store gets there past 1,000 chunks). Each case
 damages one file of a copy: cut to half the bytes a reader uses, or 4 KB (at most a third) of seeded
-random bytes written over their middle. Nothing here opens a damaged store with Chroma in the test
-process.
+random bytes written a third of the way into them (into a page in use, in an SQLite file). Nothing
+here opens a damaged store with Chroma in the test process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -76,7 +78,7 @@ def index_folder(store: Path, collection: str = "default") -> Path:
 
 
 def damage(path: Path, how: str) -> None:
-    """Cut ``path`` to half the bytes a reader uses, or write seeded random bytes over their middle third (at most 4 KB)."""
+    """Cut ``path`` to half the bytes a reader uses, or write seeded random bytes (at most 4 KB) a third of the way into them."""
     size = used_bytes(path)
     if how == "truncated":
         with path.open("r+b") as file:
@@ -84,8 +86,19 @@ def damage(path: Path, how: str) -> None:
         return
     noise = random.Random(f"{path.name}-{how}").randbytes(max(16, min(4096, size // 3)))
     with path.open("r+b") as file:
-        file.seek(size // 3)
+        file.seek(a_third_in(path, size))
         file.write(noise)
+
+
+def a_third_in(path: Path, size: int) -> int:
+    """A third of the way into ``size`` bytes; in an SQLite file, the start of the page a third of the way through its
+    table and index pages (a third of the bytes can be a free page, which holds nothing to damage)."""
+    if path.suffix != ".sqlite3":
+        return size // 3
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = sorted(number for (number,) in db.execute("SELECT pageno FROM dbstat WHERE pagetype IN ('internal', 'leaf')"))
+    return (pages[len(pages) // 3] - 1) * page_size
 
 
 def used_bytes(path: Path) -> int:
